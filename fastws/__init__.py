@@ -1,2 +1,53 @@
-"""fastws: a fast, strict WebSocket server and client (placeholder while the package is built)."""
+"""fastws: a fast, strict WebSocket (RFC 6455) server and client.
+
+The codec (frames, masking, UTF-8 validation, parsing and encoding) is a Cython
+extension built on the C headers in include/fastws/; the event loop, HTTP
+server, client and stage chain are plain Python around it.
+"""
+
+import os as _os
+
+from ._codec import (
+    CloseCode,
+    Frame,
+    FrameParser,
+    OpCode,
+    ProtocolError,
+    Utf8Validator,
+    close_payload,
+    encode_frame,
+    is_valid_utf8,
+    mask,
+    parse_close,
+)
 from ._version import __version__
+
+
+def get_include() -> str:
+    """The directory holding fastws' C headers (``#include "fastws/mask.h"``) and .pxd files.
+
+    Pass it to the compiler's include path (and Cython's) to embed the codec.
+    """
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    installed = _os.path.join(here, "include")
+    if _os.path.isdir(installed):
+        return installed
+    # An editable install or a source checkout: the headers live at the top of the tree.
+    return _os.path.join(_os.path.dirname(here), "include")
+
+
+__all__ = [
+    "CloseCode",
+    "Frame",
+    "FrameParser",
+    "OpCode",
+    "ProtocolError",
+    "Utf8Validator",
+    "__version__",
+    "close_payload",
+    "encode_frame",
+    "get_include",
+    "is_valid_utf8",
+    "mask",
+    "parse_close",
+]
