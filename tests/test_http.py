@@ -1,0 +1,432 @@
+"""Tests for fastws.http: headers, request/response encoding, and both parsers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastws.http import (
+    Headers,
+    HttpError,
+    HttpResponseError,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+)
+
+PIPELINED = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n2\r\nde\r\n0\r\nTrailer-X: t\r\n\r\n"
+)
+UPGRADE_HEAD = (
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\n"
+    b"Upgrade: websocket\r\n"
+)
+FRAME = b"\x81\x85\x01\x02\x03\x04ig`ho"  # a masked text frame, as a client would send it
+
+
+def feed_in_pieces(parser: RequestParser, data: bytes, cuts: list[int]) -> list[Request]:
+    requests: list[Request] = []
+    start = 0
+    for end in sorted(set(cuts)) + [len(data)]:
+        requests += parser.feed(data[start:end])
+        start = end
+    return requests
+
+
+def check_pipelined(requests: list[Request]) -> None:
+    assert [(r.method, r.path, r.query, r.body) for r in requests] == [
+        ("GET", "/a", "x=1", b""),
+        ("POST", "/b", "", b"hello"),
+        ("PUT", "/c", "", b"abcde"),
+    ]
+    assert "Trailer-X" not in requests[2].headers
+
+
+# Headers
+
+
+def test_headers_multimap_case_insensitive() -> None:
+    headers = Headers([("Set-Cookie", "a"), ("X", "1"), ("set-cookie", "b")])
+    assert headers.get("SET-COOKIE") == "a"
+    assert headers["x"] == "1"
+    assert headers.get_all("set-cookie") == ["a", "b"]
+    assert headers.get("missing") is None and headers.get("missing", "d") == "d"
+    assert "x" in headers and "y" not in headers
+    with pytest.raises(KeyError):
+        headers["y"]
+    assert len(headers) == 3
+    assert list(headers) == [("Set-Cookie", "a"), ("X", "1"), ("set-cookie", "b")]
+
+
+def test_headers_set_replaces_all_in_place() -> None:
+    headers = Headers([("A", "1"), ("B", "2"), ("a", "3")])
+    headers.set("A", "new")
+    assert headers.items() == [("A", "new"), ("B", "2")]
+    headers.set("C", "4")
+    assert headers.items()[-1] == ("C", "4")
+
+
+def test_headers_constructors_and_equality() -> None:
+    from_dict = Headers({"Host": "h", "Upgrade": "websocket"})
+    assert Headers(from_dict) == from_dict
+    assert Headers([("host", "h"), ("upgrade", "websocket")]) == from_dict
+    assert Headers([("Upgrade", "websocket"), ("Host", "h")]) != from_dict
+    assert Headers() == Headers(None)
+    assert "Host" in repr(from_dict)
+
+
+def test_headers_tokens() -> None:
+    headers = Headers([("Connection", "keep-alive, Upgrade"), ("connection", " ,CLOSE ")])
+    assert headers.tokens("connection") == ["keep-alive", "upgrade", "close"]
+    assert headers.tokens("missing") == []
+
+
+# Request and Response types
+
+
+def test_request_defaults() -> None:
+    request = Request(target="/p?q=1&r")
+    assert (request.method, request.path, request.query, request.version) == (
+        "GET", "/p", "q=1&r", "1.1",
+    )
+    assert request.keep_alive and not request.upgrade
+    assert not Request(headers={"Connection": "close"}).keep_alive
+    assert not Request(version="1.0").keep_alive
+    assert Request(version="1.0", headers={"Connection": "Keep-Alive"}).keep_alive
+    assert Request(headers={"Connection": "upgrade", "Upgrade": "websocket"}).upgrade
+    assert not Request(headers={"Upgrade": "websocket"}).upgrade
+    assert "GET" in repr(request)
+
+
+def test_request_encode_round_trip() -> None:
+    request = Request("POST", "/x?y", {"Host": "h"}, b"body")
+    parsed = RequestParser().feed(request.encode())
+    assert parsed == [Request("POST", "/x?y", {"Host": "h", "Content-Length": "4"}, b"body")]
+
+
+def test_response_encode() -> None:
+    assert Response(200, {"X": "1"}, b"hi").encode() == (
+        b"HTTP/1.1 200 OK\r\nX: 1\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    assert Response(404).encode(keep_alive=False) == (
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert b"Content-Length" not in Response(204).encode()
+    assert b"Content-Length" not in Response(101).encode()
+    assert b"Content-Length" not in Response(304).encode()
+    chunked = Response(200, {"Transfer-Encoding": "chunked"}, b"0\r\n\r\n").encode()
+    assert b"Content-Length" not in chunked
+    explicit = Response(200, {"Connection": "keep-alive"}).encode(keep_alive=False)
+    assert b"close" not in explicit
+    assert Response(299, reason="Custom").encode().startswith(b"HTTP/1.1 299 Custom\r\n")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X": "a\r\nSet-Cookie: evil"},
+        {"X": "a\nb"},
+        {"X": "a\rb"},
+        {"X": "a\x00b"},
+        {"X\r\nY": "1"},
+        {"X Y": "1"},
+        {"": "1"},
+    ],
+)
+def test_header_injection_rejected(headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        Response(200, headers).encode()
+    with pytest.raises(ValueError):
+        Request(headers=headers).encode()
+
+
+def test_response_encode_rejects_bad_reason_and_bodyless_body() -> None:
+    with pytest.raises(ValueError):
+        Response(200, reason="OK\r\nX: y").encode()
+    with pytest.raises(ValueError):
+        Response(204, body=b"x").encode()
+    with pytest.raises(ValueError):
+        Request(target="/a b").encode()
+
+
+def test_response_text_and_html() -> None:
+    text = Response.text(200, "héllo", headers={"X": "1"})
+    assert text.body == "héllo".encode()
+    assert text.headers.items() == [("Content-Type", "text/plain; charset=utf-8"), ("X", "1")]
+    assert Response.html(200, "<p>").headers["content-type"] == "text/html; charset=utf-8"
+
+
+def test_http_error_response() -> None:
+    error = HttpError(431, "too many headers")
+    assert (error.status, error.reason) == (431, "Request Header Fields Too Large")
+    response = error.response()
+    assert response.status == 431
+    assert response.headers["Connection"] == "close"
+    assert b"too many headers" in response.body
+
+
+# RequestParser
+
+
+def test_pipelined_in_one_chunk() -> None:
+    check_pipelined(RequestParser().feed(PIPELINED))
+
+
+def test_pipelined_one_byte_at_a_time() -> None:
+    check_pipelined(feed_in_pieces(RequestParser(), PIPELINED, list(range(len(PIPELINED)))))
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(PIPELINED)), max_size=20))
+def test_pipelined_any_chunking(cuts: list[int]) -> None:
+    check_pipelined(feed_in_pieces(RequestParser(), PIPELINED, cuts))
+
+
+def test_parsed_request_fields() -> None:
+    (request,) = RequestParser().feed(
+        b"GET /p%20x?a=b HTTP/1.1\r\nHost: example\r\nX-Multi: 1\r\nx-multi: 2\r\n\r\n"
+    )
+    assert (request.target, request.path, request.query) == ("/p%20x?a=b", "/p%20x", "a=b")
+    assert request.version == "1.1"
+    assert request.headers.get_all("X-MULTI") == ["1", "2"]
+    assert request.keep_alive and not request.upgrade
+
+
+@pytest.mark.parametrize(
+    ("head", "keep_alive"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.0\r\n\r\n", False),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+    ],
+)
+def test_keep_alive_rules(head: bytes, keep_alive: bool) -> None:
+    (request,) = RequestParser().feed(head)
+    assert request.keep_alive is keep_alive
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage\r\n\r\n",
+        b"G@T / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET / FOO/1.1\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_malformed_is_400(data: bytes) -> None:
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(data)
+    assert caught.value.status == 400
+
+
+def test_http_2_request_line_is_505() -> None:
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(b"GET / HTTP/2.0\r\n\r\n")
+    assert caught.value.status == 505
+
+
+def test_parser_dead_after_error() -> None:
+    parser = RequestParser()
+    with pytest.raises(HttpError) as first:
+        parser.feed(b"garbage\r\n\r\n")
+    with pytest.raises(HttpError) as second:
+        parser.feed(b"GET / HTTP/1.1\r\n\r\n")
+    assert second.value is first.value
+
+
+def test_request_line_too_long_is_414() -> None:
+    parser = RequestParser(max_request_line=100)
+    assert parser.feed(b"GET /" + b"a" * 80 + b" HTTP/1.1\r\n\r\n")
+    with pytest.raises(HttpError) as caught:
+        RequestParser(max_request_line=100).feed(b"GET /" + b"a" * 100)
+    assert caught.value.status == 414
+
+
+def test_too_many_headers_is_431() -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(11)) + b"\r\n"
+    with pytest.raises(HttpError) as caught:
+        RequestParser(max_headers=10).feed(head)
+    assert caught.value.status == 431
+    assert len(RequestParser(max_headers=11).feed(head)) == 1
+
+
+def test_head_too_large_is_431() -> None:
+    head = b"GET / HTTP/1.1\r\nX: " + b"v" * 2000 + b"\r\n\r\n"
+    with pytest.raises(HttpError) as caught:
+        RequestParser(max_header_size=1000).feed(head)
+    assert caught.value.status == 431
+    assert len(RequestParser(max_header_size=3000).feed(head)) == 1
+
+
+def test_endless_header_line_sent_slowly_is_431() -> None:
+    # the line never completes, so only the byte count can stop it
+    parser = RequestParser(max_header_size=1000)
+    parser.feed(b"GET / HTTP/1.1\r\nX: ")
+    with pytest.raises(HttpError) as caught:
+        for _ in range(200):
+            parser.feed(b"v" * 10)
+    assert caught.value.status == 431
+
+
+def test_head_near_the_limit_sent_slowly_is_accepted() -> None:
+    head = b"GET / HTTP/1.1\r\nX: " + b"v" * 900 + b"\r\n\r\n"
+    parser = RequestParser(max_header_size=1000)
+    assert len(feed_in_pieces(parser, head, list(range(0, len(head), 7)))) == 1
+
+
+def test_big_chunk_of_small_pipelined_requests_is_accepted() -> None:
+    # many requests in one chunk, ending mid-head: no head is anywhere near the limit
+    one = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    parser = RequestParser(max_header_size=200)
+    assert len(parser.feed(one * 100 + one[:20])) == 100
+    assert len(parser.feed(one[20:])) == 1
+
+
+def test_body_too_large_is_413() -> None:
+    with pytest.raises(HttpError) as caught:
+        RequestParser(max_body_size=10).feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+    assert caught.value.status == 413
+    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"6\r\nabcdef\r\n" * 2
+    with pytest.raises(HttpError) as caught:
+        RequestParser(max_body_size=10).feed(chunked)
+    assert caught.value.status == 413
+
+
+def test_connect_is_501() -> None:
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n")
+    assert caught.value.status == 501
+
+
+def test_upgrade_stops_with_tail() -> None:
+    parser = RequestParser()
+    requests = parser.feed(b"GET / HTTP/1.1\r\n\r\n" + UPGRADE_HEAD + b"\r\n" + FRAME)
+    assert [r.path for r in requests] == ["/", "/ws"]
+    assert requests[-1].upgrade and parser.upgraded
+    assert parser.tail == FRAME
+    with pytest.raises(RuntimeError):
+        parser.feed(b"more")
+
+
+def test_upgrade_tail_offset_is_relative_to_last_chunk() -> None:
+    parser = RequestParser()
+    data = UPGRADE_HEAD + b"\r\n" + FRAME
+    assert parser.feed(data[:30]) == []
+    (request,) = parser.feed(data[30:])
+    assert request.upgrade and parser.tail == FRAME
+
+
+def test_upgrade_with_empty_tail() -> None:
+    parser = RequestParser()
+    assert len(parser.feed(UPGRADE_HEAD + b"\r\n")) == 1
+    assert parser.upgraded and parser.tail == b""
+
+
+def test_upgrade_request_body_is_not_tail() -> None:
+    parser = RequestParser()
+    data = UPGRADE_HEAD + b"Content-Length: 5\r\n\r\nhello" + FRAME
+    assert parser.feed(data[:-len(FRAME) - 2]) == []  # body not all there yet
+    (request,) = parser.feed(data[-len(FRAME) - 2:])
+    assert request.body == b"hello"
+    assert parser.tail == FRAME
+
+
+def test_upgrade_header_without_connection_upgrade_is_plain() -> None:
+    parser = RequestParser()
+    requests = parser.feed(
+        b"GET /1 HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    )
+    assert [(r.path, r.upgrade) for r in requests] == [("/1", False), ("/2", False)]
+    assert not parser.upgraded
+    assert [r.path for r in parser.feed(b"GET /3 HTTP/1.1\r\n\r\n")] == ["/3"]
+
+
+def test_chunked_upgrade_request_is_400() -> None:
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(UPGRADE_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert caught.value.status == 400
+
+
+# ResponseParser
+
+
+def test_response_round_trip() -> None:
+    response = Response(200, [("X-A", "1"), ("X-A", "2")], b"payload")
+    parsed = ResponseParser().feed(response.encode())
+    assert parsed == Response(
+        200, [("X-A", "1"), ("X-A", "2"), ("Content-Length", "7")], b"payload"
+    )
+
+
+def test_101_response_with_tail() -> None:
+    head = Response(101, {"Upgrade": "websocket", "Connection": "Upgrade"}).encode()
+    parser = ResponseParser()
+    assert parser.feed(head[:10]) is None
+    response = parser.feed(head[10:] + b"\x81\x02hi")
+    assert response is not None and response.status == 101
+    assert parser.tail == b"\x81\x02hi"
+    with pytest.raises(RuntimeError):
+        parser.feed(b"x")
+
+
+def test_101_without_upgrade_headers_is_returned_for_the_handshake_to_reject() -> None:
+    response = ResponseParser().feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert response is not None and response.status == 101 and "upgrade" not in response.headers
+
+
+def test_chunked_response_fed_byte_by_byte() -> None:
+    data = b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n"
+    parser = ResponseParser()
+    results = [parser.feed(data[i : i + 1]) for i in range(len(data))]
+    assert results[:-1] == [None] * (len(data) - 1)
+    assert results[-1] is not None and results[-1].body == b"no"
+
+
+def test_interim_response_is_skipped() -> None:
+    response = ResponseParser().feed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert response is not None and response.status == 403
+
+
+def test_response_until_eof() -> None:
+    parser = ResponseParser()
+    assert parser.feed(b"HTTP/1.0 200 OK\r\n\r\nsome ") is None
+    assert parser.feed(b"body") is None
+    response = parser.feed_eof()
+    assert response.body == b"some body" and response.version == "1.0"
+
+
+def test_response_truncated_by_eof() -> None:
+    parser = ResponseParser()
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
+    with pytest.raises(HttpResponseError):
+        parser.feed_eof()
+
+
+@pytest.mark.parametrize(
+    ("data", "limits"),
+    [
+        (b"NOT HTTP\r\n\r\n", {}),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 5 + b"\r\n", {"max_headers": 4}),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"v" * 200 + b"\r\n\r\n", {"max_header_size": 100}),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", {"max_body_size": 10}),
+    ],
+)
+def test_response_errors(data: bytes, limits: dict[str, int]) -> None:
+    with pytest.raises(HttpResponseError) as caught:
+        ResponseParser(**limits).feed(data)
+    assert caught.value.status == 0
+    with pytest.raises(RuntimeError):
+        caught.value.response()
