@@ -21,6 +21,13 @@ from ._codec import (
     parse_close,
 )
 from ._version import __version__
+from .client import connect
+from .connection import Connection, Limits
+from .handshake import HandshakeError, accept
+from .http import Headers, HttpError, Request, Response
+from .loop import Loop, Timer, default_loop
+from .server import Server, serve
+from .stages import AutoPing, AutoPong, Consolidate, Stage
 
 
 def get_include() -> str:
@@ -37,7 +44,25 @@ def get_include() -> str:
 
 
 __all__ = [
+    "AutoPing",
+    "AutoPong",
     "CloseCode",
+    "Connection",
+    "Consolidate",
+    "HandshakeError",
+    "Headers",
+    "HttpError",
+    "Limits",
+    "Loop",
+    "Request",
+    "Response",
+    "Server",
+    "Stage",
+    "Timer",
+    "accept",
+    "connect",
+    "default_loop",
+    "serve",
     "Frame",
     "FrameParser",
     "OpCode",

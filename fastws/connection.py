@@ -1,0 +1,871 @@
+"""One connection: a socket (optionally TLS) driven by the loop, in HTTP or WebSocket mode.
+
+The data path, top to bottom: the loop reports the socket readable; `_on_readable` reads
+with `recv_into` into the connection's own buffer and hands a memoryview of it to the
+current mode: the HTTP request parser (server, before an upgrade), the handshake response
+parser (client, before the 101), or the frame parser (after the switch). Parsed frames
+travel the stage chain to the handler; frames the application sends travel it back to
+the encoder and into the write queue. Writes made while a read is being handled are
+batched and leave in one `sendmsg` when the read is done. The close handshake, its
+timeout and the once-only `on_closed` report live here too.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ._codec import (
+    CloseCode,
+    Frame,
+    FrameParser,
+    OpCode,
+    ProtocolError,
+    close_payload,
+    encode_frame,
+    parse_close,
+)
+from .handshake import HandshakeError, accept, check_request
+from .http import HttpError, Request, RequestParser, Response, ResponseParser
+from .loop import Loop, Timer
+from .stages import AutoPong, Consolidate, Stage
+
+__all__ = ["Connection", "Limits"]
+
+logger = logging.getLogger("fastws")
+
+_READ_SIZE = 256 * 1024
+_IOV_MAX = 512
+_TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits; every one can be overridden in serve(), connect() and upgrade().
+
+    Sizes are bytes, times seconds. `None` means no limit.
+    """
+
+    max_frame_size: int | None = 4 * 1024 * 1024
+    max_message_size: int | None = 4 * 1024 * 1024
+    close_timeout: float = 5.0
+    handshake_timeout: float | None = 10.0
+    write_high_water: int = 256 * 1024
+    write_low_water: int = 64 * 1024
+    max_request_line: int = 8192
+    max_header_size: int = 16384
+    max_headers: int = 100
+    max_body_size: int = 1024 * 1024
+
+    def updated(self, overrides: dict[str, Any]) -> Limits:
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+        return replace(self, **overrides) if overrides else self
+
+
+class _MaskKeys:
+    """Masking keys from the OS's CSPRNG, fetched 4 KiB at a time (RFC 6455 10.3)."""
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        if self._pos >= len(self._pool):
+            self._pool = os.urandom(4096)
+            self._pos = 0
+        key = self._pool[self._pos:self._pos + 4]
+        self._pos += 4
+        return key
+
+
+_mask_keys = _MaskKeys()
+
+# Connection modes
+_TLS_HANDSHAKE = "tls-handshake"
+_HTTP = "http"
+_CLIENT_HANDSHAKE = "client-handshake"
+_WEBSOCKET = "websocket"
+_CLOSED = "closed"
+
+
+def _default_on_request(conn: Connection, request: Request) -> None:
+    """No on_request: accept WebSocket upgrades with the same handler, 404 anything else."""
+    if request.upgrade:
+        conn.upgrade(accept(request))
+    else:
+        conn.respond(Response.text(404, "Not Found\n"))
+
+
+class Connection:
+    """A server or client connection. Users get it in handler callbacks; they never build one."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, handler: Any, *, is_client: bool,
+                 limits: Limits, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None, server: Any = None) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.is_client = is_client
+        self.limits = limits
+        self.max_frame_size = limits.max_frame_size
+        self.max_message_size = limits.max_message_size
+        self.server = server
+        self.request: Request | None = None       # the upgrade request (server) or ours (client)
+        self.response: Response | None = None     # the 101 we sent (server) or got (client)
+        self.subprotocol: str | None = None
+        self.error: BaseException | None = None   # why a connection failed before or during use
+        self.close_code: int | None = None
+        self.close_reason = ""
+        sock.setblocking(False)
+        try:
+            self.peername = sock.getpeername()
+        except OSError:
+            self.peername = None
+        self._sock: socket.socket = sock
+        self._tls = ssl_context is not None
+        self._mode = _TLS_HANDSHAKE if self._tls else (_CLIENT_HANDSHAKE if is_client else _HTTP)
+        self._read_buffer = bytearray(_READ_SIZE)
+        self._read_view = memoryview(self._read_buffer)
+        self._reading = False
+        self._reading_paused = False
+        self._write_queue: collections.deque[bytes | memoryview] = collections.deque()
+        self._write_size = 0
+        self._writer_registered = False
+        self._corked = False
+        self._writing_paused = False
+        self._shutdown_after_flush = False
+        self._stages: list[Stage] = []
+        self._parser: FrameParser | None = None
+        self._http_parser: RequestParser | None = None
+        self._response_parser: ResponseParser | None = None
+        self._pending_requests: collections.deque[Request] = collections.deque()
+        self._awaiting: Request | None = None
+        self._held: bytearray | None = None       # bytes after an upgrade request, until answered
+        self._close_sent = False
+        self._close_received = False
+        self._input_closed = False
+        self._closing_timer: Timer | None = None
+        self._handshake_timer: Timer | None = None
+        self._closed_reported = False
+        self._on_established: Callable[[], None] | None = None
+        self._ssl_context = ssl_context
+        self._server_hostname = server_hostname
+        if limits.handshake_timeout is not None:
+            self._handshake_timer = self.call_later(limits.handshake_timeout,
+                                                    self._on_handshake_timeout)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def is_open(self) -> bool:
+        """True while WebSocket messages can be sent (upgraded, no close frame sent)."""
+        return self._mode == _WEBSOCKET and not self._close_sent
+
+    @property
+    def closed(self) -> bool:
+        return self._mode == _CLOSED
+
+    @property
+    def upgraded(self) -> bool:
+        return self._parser is not None
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stage chain, from the wire (first) to the handler (last)."""
+        return tuple(self._stages)
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes accepted for sending that the kernel has not taken yet."""
+        return self._write_size
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    def respond(self, response: Response) -> None:
+        """Answer the current HTTP request (server, before an upgrade)."""
+        request = self._awaiting
+        if request is None:
+            raise RuntimeError("there is no HTTP request waiting for a response")
+        if response.status == 101:
+            raise ValueError("use conn.upgrade() to answer with 101 Switching Protocols")
+        self._awaiting = None
+        keep_alive = request.keep_alive and "close" not in response.headers.tokens("connection")
+        self._write(response.encode(keep_alive=keep_alive))
+        if not keep_alive:
+            self._input_closed = True
+            self._shutdown_when_flushed()
+            return
+        if request.upgrade:
+            # The upgrade was declined: carry on as HTTP with what followed the request.
+            self._http_parser = self._new_request_parser()
+            held, self._held = self._held, None
+            if held:
+                self._http_received(memoryview(held))
+        if not self._corked:
+            self._dispatch_requests()
+            self.flush()
+
+    def upgrade(self, response: Response, handler: Any = None, *,
+                stages: Sequence[Stage] | None = None, **limits: Any) -> bool:
+        """Answer the current upgrade request with `response` (a 101) and switch to WebSocket.
+
+        The response goes out and the connection changes mode in one step: frames the
+        client sent right behind its request are parsed by the new mode, none is lost.
+        `handler` replaces the connection's handler (default: keep it); `stages` replaces
+        the default chain (Consolidate, AutoPong); `limits` override max_frame_size,
+        max_message_size, close_timeout, ... for this connection. When the request is not
+        a valid upgrade, answers 400/426 itself and returns False.
+        """
+        request = self._awaiting
+        if request is None or self.is_client:
+            raise RuntimeError("there is no HTTP request waiting for a response")
+        if response.status != 101:
+            raise ValueError(f"an upgrade answers 101 Switching Protocols, not {response.status}")
+        try:
+            check_request(request)
+        except HandshakeError as exc:
+            self._reject(exc.response())
+            return False
+        self._awaiting = None
+        if handler is not None:
+            self.handler = handler
+        if limits:
+            self._apply_limits(limits)
+        self.request = request
+        self.response = response
+        self.subprotocol = response.headers.get("sec-websocket-protocol")
+        self._write(response.encode())
+        held, self._held = self._held, None
+        self._start_websocket(stages)
+        if held:
+            self._frames_received(memoryview(held))
+        if not self._corked:
+            self.flush()
+        return True
+
+    def send(self, frame: Frame) -> None:
+        """Send a frame through the stage chain (outbound). Raises if the connection is closing."""
+        if not self.is_open:
+            raise ConnectionError(f"cannot send: the WebSocket connection is {self._state_name()}")
+        if frame.is_control and (len(frame.data) > 125 or not frame.fin):
+            raise ValueError("control frames must be FIN and carry at most 125 bytes")
+        if self._stages:
+            self._stages[-1].on_frame_out(frame)
+        else:
+            self._write_frame(frame)
+        if not self._corked:
+            self.flush()
+
+    def send_text(self, text: str) -> None:
+        self.send(Frame(opcode=OpCode.TEXT, data=text.encode("utf-8")))
+
+    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
+        self.send(Frame(opcode=OpCode.BINARY, data=data))
+
+    def ping(self, data: bytes = b"") -> None:
+        self.send(Frame(opcode=OpCode.PING, data=data))
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake (WebSocket), or close the connection (HTTP).
+
+        The peer's close frame is awaited for `close_timeout` seconds, then the TCP
+        connection is dropped. `on_closed` reports this code and reason.
+        """
+        if self._mode == _CLOSED:
+            return
+        if self._mode != _WEBSOCKET:
+            self._finish(CloseCode.ABNORMAL, "closed before the WebSocket handshake")
+            return
+        if self._close_sent:
+            return
+        payload = close_payload(code, reason)
+        self._send_close(payload, code, reason)
+        if self._close_received:
+            self._closing_handshake_done()
+        else:
+            self._start_close_timer()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the WebSocket connection (RFC 6455 7.1.7): send a close frame with `code`,
+        ignore further input and drop TCP once the frame is out."""
+        if self._mode == _CLOSED:
+            return
+        if self._mode != _WEBSOCKET:
+            self.error = self.error or ProtocolError(code, reason)
+            self._finish(CloseCode.ABNORMAL, reason)
+            return
+        logger.debug("fastws: failing %s: %s (%d)", self, reason, code)
+        self._input_closed = True
+        if not self._close_sent:
+            self._send_close(close_payload(code, reason[:123]), code, reason)
+        self._shutdown_when_flushed()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        self._finish(CloseCode.ABNORMAL, "aborted")
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            if self._mode != _CLOSED and self._reading:
+                self.loop.remove_reader(self._sock)
+                self._reading = False
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._mode != _CLOSED:
+                self._start_reading()
+                if self._tls and self._sock.pending():
+                    self.loop.call_soon(self._on_readable)
+
+    # --- the stage chain
+
+    def add_stage(self, stage: Stage, index: int = 0) -> None:
+        """Insert a stage; index 0 (default) is nearest the wire, len(stages) nearest the handler."""
+        if stage.conn is not None:
+            raise ValueError(f"{stage!r} is already in a chain")
+        self._stages.insert(index if index >= 0 else len(self._stages) + 1 + index, stage)
+        stage.conn = self
+        self._link_stages()
+        stage.on_attached()
+
+    def remove_stage(self, stage: Stage | type[Stage]) -> Stage:
+        """Remove a stage (or the first stage of a type); returns it."""
+        found = self.find_stage(stage) if isinstance(stage, type) else stage
+        if found is None or found not in self._stages:
+            raise ValueError(f"{stage!r} is not in this connection's chain")
+        self._stages.remove(found)
+        self._link_stages()
+        found._detach()
+        return found
+
+    def replace_stage(self, old: Stage | type[Stage], new: Stage) -> Stage:
+        found = self.find_stage(old) if isinstance(old, type) else old
+        if found is None or found not in self._stages:
+            raise ValueError(f"{old!r} is not in this connection's chain")
+        index = self._stages.index(found)
+        self.remove_stage(found)
+        self.add_stage(new, index)
+        return found
+
+    def find_stage(self, kind: type[Stage] | Stage) -> Stage | None:
+        for stage in self._stages:
+            if stage is kind or (isinstance(kind, type) and isinstance(stage, kind)):
+                return stage
+        return None
+
+    # --- timers guarded like every other connection callback
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Timer:
+        return self.loop.call_later(delay, self._guarded, callback, args)
+
+    def _guarded(self, callback: Callable[..., object], args: tuple[object, ...]) -> None:
+        if self._mode == _CLOSED:
+            return
+        try:
+            callback(*args)
+        except Exception as exc:
+            self._internal_error(exc)
+        self.flush()
+
+    # ------------------------------------------------------------------ reading
+
+    def start(self, on_established: Callable[[], None] | None = None) -> None:
+        """Begin I/O (called by serve/connect once the socket is connected)."""
+        self._on_established = on_established
+        if self._mode == _CLOSED:
+            return
+        if self._tls:
+            assert self._ssl_context is not None
+            try:
+                self.peername = self._sock.getpeername()
+                self._sock = self._ssl_context.wrap_socket(
+                    self._sock, server_side=not self.is_client,
+                    server_hostname=self._server_hostname, do_handshake_on_connect=False)
+            except (OSError, ValueError) as exc:
+                self.error = exc
+                self._finish(CloseCode.TLS_HANDSHAKE, f"TLS setup failed: {exc}")
+                return
+            self._do_tls_handshake()
+        else:
+            self._established()
+
+    def _established(self) -> None:
+        if self._mode == _TLS_HANDSHAKE:
+            self._mode = _CLIENT_HANDSHAKE if self.is_client else _HTTP
+        if self._mode == _HTTP:
+            self._http_parser = self._new_request_parser()
+        self._start_reading()
+        if self._on_established is not None:
+            callback, self._on_established = self._on_established, None
+            self._run_guarded(callback)
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self._reading_paused and self._mode != _CLOSED:
+            self.loop.add_reader(self._sock, self._on_readable)
+            self._reading = True
+
+    def _do_tls_handshake(self) -> None:
+        sock = self._sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.loop.add_reader(sock, self._do_tls_handshake)
+            self.loop.remove_writer(sock)
+            return
+        except ssl.SSLWantWriteError:
+            self.loop.add_writer(sock, self._do_tls_handshake)
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self.error = exc
+            self._finish(CloseCode.TLS_HANDSHAKE, f"TLS handshake failed: {exc}")
+            return
+        self.loop.remove_writer(sock)
+        self.loop.remove_reader(sock)
+        self._established()
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        while True:
+            try:
+                n = sock.recv_into(self._read_buffer)
+            except _TRY_AGAIN:
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                n = 0
+            except OSError as exc:
+                self.error = exc
+                self._finish(CloseCode.ABNORMAL, f"connection lost: {exc}")
+                return
+            if n == 0:
+                self._on_eof()
+                return
+            self._corked = True
+            try:
+                self._data_received(self._read_view[:n])
+            except Exception as exc:
+                self._internal_error(exc)
+            finally:
+                self._corked = False
+            if self._mode == _CLOSED:
+                return
+            if self._awaiting is None and self._pending_requests:
+                self._dispatch_requests()
+            self.flush()
+            # TLS may hold decrypted bytes that the socket will not signal again.
+            if not (self._tls and sock.pending()) or self._reading_paused or self._mode == _CLOSED:
+                return
+
+    def _data_received(self, data: memoryview) -> None:
+        if self._input_closed:
+            return
+        mode = self._mode
+        if mode == _WEBSOCKET:
+            self._frames_received(data)
+        elif mode == _HTTP:
+            if self._held is not None:
+                self._held += data
+                self._check_held()
+            else:
+                self._http_received(data)
+        elif mode == _CLIENT_HANDSHAKE:
+            self._response_received(data)
+
+    def _frames_received(self, data: memoryview) -> None:
+        parser = self._parser
+        assert parser is not None
+        parser.feed(data)
+
+    def _on_eof(self) -> None:
+        if self._mode == _CLIENT_HANDSHAKE and self._response_parser is not None:
+            try:
+                self._on_response(self._response_parser.feed_eof())
+            except HttpError as exc:
+                self.error = exc
+            if self._mode == _CLOSED:
+                return
+        if self._mode == _WEBSOCKET and not (self._close_sent or self._close_received):
+            self._finish(CloseCode.ABNORMAL, "the peer closed the TCP connection without a close frame")
+        else:
+            self._finish(self.close_code or CloseCode.ABNORMAL, self.close_reason)
+
+    # ------------------------------------------------------------------ HTTP (server)
+
+    def _new_request_parser(self) -> RequestParser:
+        limits = self.limits
+        return RequestParser(max_request_line=limits.max_request_line,
+                             max_header_size=limits.max_header_size,
+                             max_headers=limits.max_headers,
+                             max_body_size=limits.max_body_size)
+
+    def _http_received(self, data: memoryview) -> None:
+        parser = self._http_parser
+        assert parser is not None
+        try:
+            requests = parser.feed(data)
+        except HttpError as exc:
+            self._reject(exc.response())
+            return
+        self._pending_requests.extend(requests)
+        if parser.upgraded:
+            self._held = bytearray(parser.tail)
+            self._check_held()
+        self._dispatch_requests()
+
+    def _check_held(self) -> None:
+        # Bytes a client sends after its upgrade request before we answer it are kept;
+        # bound them so a client cannot park unlimited data here.
+        if self._held is not None and len(self._held) > (self.max_frame_size or 1 << 20) + 14:
+            self._input_closed = True
+            self._held = None
+            self._shutdown_when_flushed()
+
+    def _dispatch_requests(self) -> None:
+        while self._pending_requests and self._awaiting is None and self._mode == _HTTP \
+                and not self._input_closed:
+            request = self._pending_requests.popleft()
+            self._awaiting = request
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+            on_request = getattr(self.handler, "on_request", None)
+            try:
+                if on_request is None:
+                    _default_on_request(self, request)
+                else:
+                    on_request(self, request)
+            except HandshakeError as exc:
+                if self._awaiting is request:
+                    self._reject(exc.response())
+            except Exception:
+                logger.exception("fastws: exception in on_request for %s %s", request.method,
+                                 request.target)
+                if self._awaiting is request:
+                    self._reject(Response.text(500, "Internal Server Error\n"))
+
+    def _reject(self, response: Response) -> None:
+        """Answer with an error response and close once it is out."""
+        self._awaiting = None
+        self._pending_requests.clear()
+        self._held = None
+        self._input_closed = True
+        self._write(response.encode(keep_alive=False))
+        self._shutdown_when_flushed()
+
+    # ------------------------------------------------------------------ client handshake
+
+    def _begin_client_handshake(self, request: Request, key: str,
+                                check: Callable[[Response], None]) -> None:
+        self.request = request
+        self._client_check = check
+        self._response_parser = ResponseParser(max_header_size=self.limits.max_header_size,
+                                               max_headers=self.limits.max_headers)
+        self._write(request.encode())
+        self.flush()
+
+    def _response_received(self, data: memoryview) -> None:
+        parser = self._response_parser
+        assert parser is not None
+        try:
+            response = parser.feed(data)
+        except HttpError as exc:
+            self.error = exc
+            self._finish(CloseCode.ABNORMAL, f"bad handshake response: {exc}")
+            return
+        if response is not None:
+            self._on_response(response)
+            if self._mode == _WEBSOCKET and parser.tail:
+                self._frames_received(memoryview(parser.tail))
+
+    def _on_response(self, response: Response) -> None:
+        self.response = response
+        try:
+            self._client_check(response)
+        except HandshakeError as exc:
+            self.error = exc
+            self._finish(CloseCode.ABNORMAL, str(exc))
+            return
+        self.subprotocol = response.headers.get("sec-websocket-protocol")
+        self._start_websocket(None)
+
+    # ------------------------------------------------------------------ WebSocket mode
+
+    def _apply_limits(self, overrides: dict[str, Any]) -> None:
+        self.limits = self.limits.updated(overrides)
+        self.max_frame_size = self.limits.max_frame_size
+        self.max_message_size = self.limits.max_message_size
+
+    def _start_websocket(self, stages: Sequence[Stage] | None) -> None:
+        self._mode = _WEBSOCKET
+        self._http_parser = None
+        self._response_parser = None
+        self._pending_requests.clear()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._parser = FrameParser(self._frame_parsed, self._frame_error,
+                                   expect_mask=not self.is_client,
+                                   max_frame_size=self.max_frame_size)
+        for stage in (stages if stages is not None else (AutoPong(), Consolidate())):
+            self.add_stage(stage, len(self._stages))
+        self._notify("on_upgraded")
+
+    def _link_stages(self) -> None:
+        stages = self._stages
+        for i, stage in enumerate(stages):
+            stage._pass_in = stages[i + 1].on_frame_in if i + 1 < len(stages) else self._deliver
+            stage._pass_out = stages[i - 1].on_frame_out if i > 0 else self._write_frame
+
+    def _frame_parsed(self, frame: Frame) -> None:
+        if self._input_closed:
+            return
+        if self._stages:
+            self._stages[0].on_frame_in(frame)
+        else:
+            self._deliver(frame)
+
+    def _frame_error(self, code: int, reason: str) -> None:
+        self.fail(code, reason)
+
+    def _deliver(self, frame: Frame) -> None:
+        """The end of the inbound chain: close frames are ours, the rest is the handler's."""
+        if self._input_closed:
+            return
+        if frame.opcode == OpCode.CLOSE:
+            self._close_frame_received(frame)
+            return
+        on_frame = getattr(self.handler, "on_frame", None)
+        if on_frame is not None:
+            on_frame(self, frame)
+
+    def _close_frame_received(self, frame: Frame) -> None:
+        try:
+            code, reason = parse_close(frame.data)
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.reason)
+            return
+        self._close_received = True
+        self._input_closed = True
+        if not self._close_sent:
+            self.close_code, self.close_reason = code, reason
+            # Echo the code (RFC 6455 5.5.1); a close without a code gets one without a code.
+            echo = close_payload(code if code != CloseCode.NO_STATUS else None)
+            self._send_close(echo, code, reason)
+        self._closing_handshake_done()
+
+    def _send_close(self, payload: bytes, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._close_sent = True
+        self._write_frame(Frame(opcode=OpCode.CLOSE, data=payload))
+
+    def _closing_handshake_done(self) -> None:
+        if self.is_client:
+            # RFC 6455 7.1.1: the server closes TCP first; wait for it (bounded).
+            self._start_close_timer()
+        else:
+            self._shutdown_when_flushed()
+
+    def _start_close_timer(self) -> None:
+        if self._closing_timer is None:
+            self._closing_timer = self.loop.call_later(self.limits.close_timeout,
+                                                       self._on_close_timeout)
+
+    def _on_close_timeout(self) -> None:
+        self._finish(self.close_code or CloseCode.ABNORMAL, self.close_reason)
+
+    def _on_handshake_timeout(self) -> None:
+        if self._mode in (_TLS_HANDSHAKE, _HTTP, _CLIENT_HANDSHAKE) and self._awaiting is None:
+            self.error = TimeoutError("opening handshake timed out")
+            self._finish(CloseCode.ABNORMAL, "opening handshake timed out")
+
+    # ------------------------------------------------------------------ writing
+
+    def _write_frame(self, frame: Frame) -> None:
+        """The end of the outbound chain: encode (masking on a client) and queue."""
+        if self._mode == _CLOSED:
+            return
+        if self.is_client:
+            self._write(encode_frame(frame.opcode, frame.data, frame.fin, frame.rsv,
+                                     _mask_keys.next()))
+        else:
+            self._write(encode_frame(frame.opcode, frame.data, frame.fin, frame.rsv))
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if not data or self._mode == _CLOSED:
+            return
+        self._write_queue.append(data)
+        self._write_size += len(data)
+        if not self._writing_paused and self._write_size > self.limits.write_high_water:
+            self._writing_paused = True
+            self._notify("on_pause_writing")
+
+    def flush(self) -> None:
+        """Send what is queued now (writes made during a read are flushed after it)."""
+        if self._write_queue and not self._writer_registered and self._mode != _TLS_HANDSHAKE:
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        queue = self._write_queue
+        sock = self._sock
+        while queue:
+            try:
+                if self._tls:
+                    # SSLSocket has no sendmsg: join the small pieces into one record.
+                    if len(queue) > 1:
+                        joined = b"".join(queue)
+                        queue.clear()
+                        queue.append(joined)
+                    sent = sock.send(queue[0])
+                elif len(queue) == 1:
+                    sent = sock.send(queue[0])
+                else:
+                    sent = sock.sendmsg(list(queue)[:_IOV_MAX] if len(queue) > _IOV_MAX else queue)
+            except _TRY_AGAIN:
+                break
+            except OSError as exc:
+                self.error = exc
+                self._finish(CloseCode.ABNORMAL, f"connection lost: {exc}")
+                return
+            self._write_size -= sent
+            while sent:
+                head = queue[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    queue.popleft()
+                else:
+                    queue[0] = memoryview(head)[sent:]
+                    sent = 0
+        if queue:
+            if not self._writer_registered:
+                self._writer_registered = True
+                self.loop.add_writer(sock, self._on_writable)
+        else:
+            if self._writer_registered:
+                self._writer_registered = False
+                self.loop.remove_writer(sock)
+            if self._shutdown_after_flush:
+                self._shutdown_output()
+        if self._writing_paused and self._write_size <= self.limits.write_low_water:
+            self._writing_paused = False
+            self._notify("on_resume_writing")
+
+    def _on_writable(self) -> None:
+        self._send_queued()
+
+    def _shutdown_when_flushed(self) -> None:
+        self._shutdown_after_flush = True
+        if not self._write_queue and not self._corked:
+            self._shutdown_output()
+
+    def _shutdown_output(self) -> None:
+        """Our side is done: half-close, then wait (bounded) for the peer to close too.
+
+        Closing outright with unread input would make the kernel send a reset that can
+        destroy our last frames before the peer reads them.
+        """
+        if self._mode == _CLOSED:
+            return
+        self._shutdown_after_flush = False
+        self._input_closed = True
+        if self._tls:
+            self._finish(self.close_code or CloseCode.ABNORMAL, self.close_reason)
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish(self.close_code or CloseCode.ABNORMAL, self.close_reason)
+            return
+        self._start_reading()
+        self._start_close_timer()
+
+    # ------------------------------------------------------------------ the end
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Release everything and report on_closed once (for upgraded connections)."""
+        if self._mode == _CLOSED:
+            return
+        was_websocket = self._parser is not None or self.is_client
+        self._mode = _CLOSED
+        for timer in (self._closing_timer, self._handshake_timer):
+            if timer is not None:
+                timer.cancel()
+        self._closing_timer = self._handshake_timer = None
+        loop = self.loop
+        if not loop.is_closed:
+            loop.remove_reader(self._sock)
+            loop.remove_writer(self._sock)
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._write_queue.clear()
+        self._write_size = 0
+        self._held = None
+        stages, self._stages = self._stages, []
+        for stage in stages:
+            try:
+                stage._detach()
+            except Exception:
+                logger.exception("fastws: exception in %r.on_detached", stage)
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.server is not None:
+            self.server._connection_closed(self)
+        if was_websocket and not self._closed_reported:
+            self._closed_reported = True
+            on_closed = getattr(self.handler, "on_closed", None)
+            if on_closed is not None:
+                try:
+                    on_closed(self, self.close_code, self.close_reason)
+                except Exception:
+                    logger.exception("fastws: exception in on_closed")
+
+    def _internal_error(self, exc: BaseException) -> None:
+        logger.error("fastws: exception in a handler of %s", self, exc_info=exc)
+        self.error = exc
+        if self._mode == _WEBSOCKET:
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+        elif self._mode == _HTTP and self._awaiting is not None:
+            self._reject(Response.text(500, "Internal Server Error\n"))
+        else:
+            self._finish(CloseCode.ABNORMAL, f"internal error: {exc!r}")
+
+    def _notify(self, name: str, *args: object) -> None:
+        """Call handler.<name>(conn, *args) if the handler has it."""
+        method = getattr(self.handler, name, None)
+        if method is not None:
+            method(self, *args)
+
+    def _run_guarded(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _state_name(self) -> str:
+        if self._mode == _WEBSOCKET and self._close_sent:
+            return "closing"
+        return self._mode
+
+    def __repr__(self) -> str:
+        side = "client" if self.is_client else "server"
+        return f"<fastws.Connection {side} {self._state_name()} peer={self.peername}>"
+
+
+def _unused(_: Iterable[object]) -> None:  # pragma: no cover - keeps errno imported for readers
+    del errno

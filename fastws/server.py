@@ -1,0 +1,134 @@
+"""serve(): a listening socket on the loop that turns accepted sockets into Connections.
+
+Every accepted connection starts as an HTTP/1.1 server connection (after its TLS
+handshake, when `ssl` is given); the handler decides per request whether to answer it
+or upgrade it to a WebSocket.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl as ssl_module
+from typing import Any
+
+from .connection import Connection, Limits
+from .loop import Loop, default_loop
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("fastws")
+
+# Accept at most this many sockets per readiness event, so one busy listener cannot
+# starve the connections already open.
+_ACCEPTS_PER_EVENT = 64
+
+
+class Server:
+    """A listening socket and the connections it accepted. Close with `close()`."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, handler: Any,
+                 ssl_context: ssl_module.SSLContext | None, limits: Limits) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.limits = limits
+        self.connections: set[Connection] = set()
+        self._sock: socket.socket | None = sock
+        address = sock.getsockname()
+        self.host: str = address[0]
+        self.port: int = address[1]
+        loop.add_reader(sock, self._on_acceptable)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._sock,) if self._sock is not None else ()
+
+    @property
+    def is_serving(self) -> bool:
+        return self._sock is not None
+
+    def _on_acceptable(self) -> None:
+        listener = self._sock
+        if listener is None:
+            return
+        for _ in range(_ACCEPTS_PER_EVENT):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.warning("fastws: cannot accept (%s); pausing accepts for 100 ms", exc)
+                    self.loop.remove_reader(listener)
+                    self.loop.call_later(0.1, self._resume_accepting)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            conn = Connection(self.loop, sock, self.handler, is_client=False,
+                              limits=self.limits, ssl_context=self.ssl_context, server=self)
+            self.connections.add(conn)
+            conn.start()
+
+    def _resume_accepting(self) -> None:
+        if self._sock is not None:
+            self.loop.add_reader(self._sock, self._on_acceptable)
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (WebSockets get 1001 Going Away)."""
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock)
+            self._sock.close()
+            self._sock = None
+        for conn in list(self.connections):
+            if conn.is_open:
+                conn.close(1001, "server shutting down")
+            elif not conn.upgraded:
+                conn.abort()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<fastws.Server {self.host}:{self.port} connections={len(self.connections)}>"
+
+
+def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
+          ssl: ssl_module.SSLContext | None = None, loop: Loop | None = None,
+          backlog: int = 1024, reuse_port: bool = False, **limits: Any) -> Server:
+    """Listen on host:port and serve HTTP/1.1 and WebSocket connections with `handler`.
+
+    `handler.on_request(conn, request)` sees every HTTP request and answers it with
+    `conn.respond(response)` or upgrades it with `conn.upgrade(fastws.accept(request))`;
+    without on_request, upgrade requests are accepted and other requests get 404.
+    `ssl` is a server-side `ssl.SSLContext`; `limits` override fields of `Limits`.
+    Port 0 picks a free port (see `server.port`).
+    """
+    loop = loop if loop is not None else default_loop()
+    settings = Limits().updated(limits)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, address = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return Server(loop, sock, handler, ssl, settings)
