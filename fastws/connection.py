@@ -713,6 +713,8 @@ class Connection:
         if not self._writing_paused and self._write_size > self.limits.write_high_water:
             self._writing_paused = True
             self._notify("on_pause_writing")
+        if not self._corked:
+            self.flush()
 
     def flush(self) -> None:
         """Send what is queued now (writes made during a read are flushed after it)."""

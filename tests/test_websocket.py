@@ -1,0 +1,347 @@
+"""WebSocket behaviour of the server and the stage chain (SEED_BEHAVIOURS.md 1-9, 13-15).
+
+Each test runs in the clear and under TLS (the `transport` fixture).
+"""
+
+import time
+
+import pytest
+from conftest import Recorder, run_until, wait_for
+
+import fastws
+from fastws import AutoPing, AutoPong, CloseCode, Consolidate, Frame, OpCode, Stage
+
+
+class UpperCaseCounter:
+    """Seed behaviour 1: upper-cases text and appends a per-connection counter."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_frame(self, conn, frame):
+        self.count += 1
+        conn.send_text(frame.string_data.upper() + str(self.count))
+
+
+class PerConnection:
+    """Upgrades every request with a fresh handler instance (per-connection state)."""
+
+    def __init__(self, factory, **upgrade_options):
+        self.factory = factory
+        self.options = upgrade_options
+
+    def on_request(self, conn, request):
+        conn.upgrade(fastws.accept(request), self.factory(), **self.options)
+
+
+def test_echo_state_is_per_connection(start_server, raw_client):
+    server = start_server(PerConnection(UpperCaseCounter))
+    for _ in range(2):
+        client = raw_client(server.port)
+        client.send(OpCode.TEXT, b"i am cow")
+        assert client.recv_message().data == b"I AM COW1"
+        client.send(OpCode.TEXT, b"i am cow")
+        assert client.recv_message().data == b"I AM COW2"
+
+
+def test_fragments_are_reassembled_each_message_from_scratch(start_server, raw_client):
+    recorder = Recorder(echo=True)
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    for text in (b"hello, fragmented world!", b"second message in four"):
+        pieces = [text[i:i + 6] for i in range(0, len(text), 6)][:3]
+        pieces.append(text[sum(map(len, pieces)):])
+        for i, piece in enumerate(pieces):   # each fragment has its own random key
+            client.send(OpCode.TEXT if i == 0 else OpCode.CONTINUATION, piece,
+                        fin=i == len(pieces) - 1)
+        echoed = client.recv_message()
+        assert echoed.fin and echoed.opcode == OpCode.TEXT and echoed.data == text
+    assert [f.data for f in recorder.frames] == [b"hello, fragmented world!",
+                                                 b"second message in four"]
+
+
+def test_clean_close_is_answered_with_a_close_frame(start_server, raw_client):
+    recorder = Recorder()
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    client.send(OpCode.CLOSE, fastws.close_payload(1000, "done"))
+    assert client.expect_close() == (1000, "")
+    wait_for(lambda: recorder.closed)
+    assert recorder.closed == [(1000, "done")]
+
+
+def test_unmasked_client_frame_gets_1002(start_server, raw_client):
+    recorder = Recorder()
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    client.send(OpCode.TEXT, b"not masked", masked=False)
+    assert client.expect_close()[0] == CloseCode.PROTOCOL_ERROR
+    wait_for(lambda: recorder.closed)
+    assert recorder.closed[0][0] == CloseCode.PROTOCOL_ERROR
+    assert recorder.frames == []
+
+
+def test_frame_size_limit(start_server, raw_client):
+    server = start_server(Recorder(echo=True), max_frame_size=1024, max_message_size=1024)
+    client = raw_client(server.port)
+    client.send(OpCode.BINARY, b"x" * 1024)
+    assert len(client.recv_message().data) == 1024
+    client.send(OpCode.BINARY, b"x" * 1025)
+    assert client.expect_close()[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+def test_fragmented_message_size_limit(start_server, raw_client):
+    server = start_server(Recorder(echo=True), max_message_size=1024)
+    client = raw_client(server.port)
+    for i in range(4):
+        client.send(OpCode.BINARY if i == 0 else 0, b"a" * 256, fin=i == 3)
+    assert client.recv_message().data == b"a" * 1024
+    client2 = raw_client(server.port)
+    for i, size in enumerate((257, 256, 256, 256)):
+        client2.send(OpCode.BINARY if i == 0 else 0, b"b" * size, fin=i == 3)
+    assert client2.expect_close()[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+def test_message_limit_fails_as_soon_as_the_total_passes_it(start_server, raw_client):
+    server = start_server(Recorder(echo=True), max_message_size=1024)
+    client = raw_client(server.port)
+    client.send(OpCode.BINARY, b"c" * 600, fin=False)
+    client.send(0, b"c" * 600, fin=False)     # 1200 > 1024: no need to wait for the FIN
+    assert client.expect_close()[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+def test_auto_ping_keeps_pinging_a_silent_client(start_server, raw_client):
+    server = start_server(PerConnection(Recorder, stages=[AutoPing(0.1), AutoPong(),
+                                                          Consolidate()]))
+    client = raw_client(server.port)
+    started = time.monotonic()
+    pings = [client.recv_frame(timeout=2) for _ in range(3)]
+    assert all(f.opcode == OpCode.PING for f in pings)
+    assert len({f.data for f in pings}) == 3          # distinct payloads
+    assert time.monotonic() - started >= 0.25          # they come at the interval
+
+
+class FragmentSender:
+    """Sends a message in fragments, 60 ms apart, with AutoPing pinging every 20 ms."""
+
+    def on_upgraded(self, conn):
+        parts = [b"alpha-", b"beta-", b"gamma-", b"delta"]
+
+        def send(i):
+            if conn.is_open:
+                conn.send(Frame(fin=i == 3, opcode=OpCode.TEXT if i == 0 else 0, data=parts[i]))
+                if i < 3:
+                    conn.call_later(0.06, send, i + 1)
+
+        send(0)
+
+
+def test_pings_arrive_between_fragments_and_message_is_intact(start_server, raw_client):
+    server = start_server(PerConnection(FragmentSender, stages=[AutoPing(0.02), AutoPong(),
+                                                                Consolidate()]))
+    client = raw_client(server.port)
+    kinds, data = [], b""
+    while True:
+        frame = client.recv_frame()
+        kinds.append(frame.opcode)
+        if frame.opcode in (OpCode.TEXT, OpCode.CONTINUATION):
+            data += frame.data
+            if frame.fin:
+                break
+    first, last = kinds.index(OpCode.TEXT), len(kinds) - 1
+    assert OpCode.PING in kinds[first:last]            # a ping inside the message
+    assert data == b"alpha-beta-gamma-delta"
+
+
+class RttClient:
+    """A client whose pongs can be delayed: our own AutoPong is replaced by this stage."""
+
+    def __init__(self, delay):
+        self.delay = delay
+        self.rtts = []
+
+
+class DelayedPong(Stage):
+    def __init__(self, delay):
+        self.delay = delay
+
+    def on_frame_in(self, frame):
+        if frame.opcode == OpCode.PING:
+            self.call_later(self.delay, self.pass_out, Frame(opcode=OpCode.PONG, data=frame.data))
+        else:
+            self.pass_in(frame)
+
+
+@pytest.mark.parametrize("delay,low,high", [(0.2, 0.2, 2.0), (0.0, 0.0, 0.2)])
+def test_round_trip_time(start_server, transport, loop, delay, low, high):
+    recorder = Recorder()
+    auto_ping = AutoPing(0.3)
+    server = start_server(PerConnection(lambda: recorder, stages=[auto_ping, AutoPong(),
+                                                                  Consolidate()]))
+    client_handler = Recorder()
+    conn = fastws.connect(server.url, client_handler, ssl=transport.client_ssl, loop=loop)
+    run_until(loop, lambda: client_handler.upgraded)
+    conn.replace_stage(AutoPong, DelayedPong(delay))
+    assert recorder.rtts == [] and auto_ping.last_rtt is None     # no RTT before any pong
+    run_until(loop, lambda: recorder.rtts, timeout=5)
+    rtt = recorder.rtts[0]
+    assert low < rtt < high
+    conn.close()
+    run_until(loop, lambda: client_handler.closed)
+
+
+def test_example_end_to_end(start_server, transport, loop):
+    # Seed behaviour 13: the README/examples client upgrades, sends "i am cow", gets "I AM COW".
+    from examples.upper_case import UpperCaseServer, run_client
+    server = start_server(UpperCaseServer())
+    assert run_client(server.url, "i am cow", ssl=transport.client_ssl, loop=loop) == "I AM COW"
+
+
+def test_ping_answered_with_identical_pong_repeatedly(start_server, raw_client):
+    server = start_server(Recorder())
+    client = raw_client(server.port)
+    for payload in (b"", b"one", bytes(range(125)), b"one"):
+        client.send(OpCode.PING, payload)
+        pong = client.recv_frame()
+        assert pong.opcode == OpCode.PONG and pong.data == payload
+
+
+def test_ping_answered_at_once_inside_a_fragmented_message(start_server, raw_client):
+    recorder = Recorder(echo=True)
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    client.send(OpCode.TEXT, b"half ", fin=False)
+    client.send(OpCode.PING, b"are you there")
+    pong = client.recv_frame()
+    assert pong.opcode == OpCode.PONG and pong.data == b"are you there"
+    client.send(OpCode.CONTINUATION, b"done")
+    assert client.recv_message().data == b"half done"
+    assert [f.opcode for f in recorder.frames] == [OpCode.TEXT]     # the handler saw no ping
+
+
+# ------------------------------------------------------------------ violations and close
+
+VIOLATIONS = [
+    ("reserved opcode", lambda c: c.send(3, b"x"), CloseCode.PROTOCOL_ERROR),
+    ("rsv bit", lambda c: c.send(OpCode.TEXT, b"x", rsv=2), CloseCode.PROTOCOL_ERROR),
+    ("continuation first", lambda c: c.send(0, b"x"), CloseCode.PROTOCOL_ERROR),
+    ("new message in fragmented one",
+     lambda c: (c.send(OpCode.TEXT, b"a", fin=False), c.send(OpCode.TEXT, b"b")),
+     CloseCode.PROTOCOL_ERROR),
+    ("big ping", lambda c: c.send_raw(bytes([0x89, 0xFE, 0, 126]) + b"\0" * 130),
+     CloseCode.PROTOCOL_ERROR),
+    ("fragmented ping", lambda c: c.send(OpCode.PING, b"x", fin=False), CloseCode.PROTOCOL_ERROR),
+    ("bad utf-8", lambda c: c.send(OpCode.TEXT, b"\xff"), CloseCode.INVALID_DATA),
+    ("bad utf-8 in first fragment",
+     lambda c: c.send(OpCode.TEXT, b"ok\xed\xa0\x80", fin=False), CloseCode.INVALID_DATA),
+    ("bad close code", lambda c: c.send(OpCode.CLOSE, (999).to_bytes(2, "big")),
+     CloseCode.PROTOCOL_ERROR),
+    ("bad close reason", lambda c: c.send(OpCode.CLOSE, b"\x03\xe8\xff"), CloseCode.INVALID_DATA),
+    ("one-byte close", lambda c: c.send(OpCode.CLOSE, b"\x03"), CloseCode.PROTOCOL_ERROR),
+]
+
+
+@pytest.mark.parametrize("name,act,code", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
+def test_violation_closes_with_code_and_server_keeps_serving(start_server, raw_client,
+                                                             name, act, code):
+    recorder = Recorder(echo=True)
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    act(client)
+    assert client.expect_close()[0] == code
+    wait_for(lambda: recorder.closed)
+    assert recorder.closed == [(code, recorder.closed[0][1])]
+    fresh = raw_client(server.port)
+    fresh.send(OpCode.TEXT, b"still here")
+    assert fresh.recv_message().data == b"still here"
+
+
+def test_server_close_waits_for_reply_then_times_out(start_server, raw_client):
+    recorder = Recorder()
+    server = start_server(recorder, close_timeout=0.3)
+    client = raw_client(server.port)
+    wait_for(lambda: recorder.conns)
+    server.call(recorder.conns[0].close, 4000, "bye")
+    frame = client.recv_frame()
+    assert frame.opcode == OpCode.CLOSE and fastws.parse_close(frame.data) == (4000, "bye")
+    wait_for(lambda: recorder.closed, timeout=3)       # the client never answered
+    assert recorder.closed == [(4000, "bye")]
+
+
+def test_abrupt_disconnect_reports_1006_once(start_server, raw_client):
+    recorder = Recorder()
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    wait_for(lambda: recorder.conns)
+    client.close()
+    wait_for(lambda: recorder.closed)
+    assert recorder.closed[0][0] == CloseCode.ABNORMAL and len(recorder.closed) == 1
+    assert server.call(lambda: len(server.server.connections)) == 0
+
+
+class Exploding:
+    def on_frame(self, conn, frame):
+        if frame.data == b"boom":
+            raise RuntimeError("handler bug")
+        conn.send(Frame(opcode=frame.opcode, data=frame.data))
+
+
+def test_handler_exception_closes_that_connection_with_1011(start_server, raw_client, caplog):
+    server = start_server(Exploding())
+    bystander = raw_client(server.port)
+    victim = raw_client(server.port)
+    victim.send(OpCode.TEXT, b"boom")
+    assert victim.expect_close()[0] == CloseCode.INTERNAL_ERROR
+    bystander.send(OpCode.TEXT, b"fine")
+    assert bystander.recv_message().data == b"fine"
+    assert "handler bug" in caplog.text
+
+
+# ------------------------------------------------------------------ client side
+
+def test_client_close_handshake_and_on_closed_once(start_server, transport, loop):
+    server_side = Recorder(echo=True)
+    server = start_server(server_side)
+    client = Recorder()
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop)
+    run_until(loop, lambda: client.upgraded)
+    conn.send_text("ping?")
+    run_until(loop, lambda: client.frames)
+    assert client.frames[0].data == b"ping?"
+    conn.close(4001, "client done")
+    run_until(loop, lambda: client.closed)
+    assert client.closed == [(4001, "client done")]
+    wait_for(lambda: server_side.closed)
+    assert server_side.closed == [(4001, "client done")]
+    assert conn.closed
+    with pytest.raises(ConnectionError):
+        conn.send_text("too late")
+
+
+def test_user_stage_sees_both_directions_and_can_be_removed(start_server, transport, loop):
+    class Tagger(Stage):
+        def on_frame_in(self, frame):
+            frame.data = b"in:" + frame.data
+            self.pass_in(frame)
+
+        def on_frame_out(self, frame):
+            frame.data = b"out:" + frame.data
+            self.pass_out(frame)
+
+    server = start_server(Recorder(echo=True))
+    client = Recorder()
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop)
+    run_until(loop, lambda: client.upgraded)
+    tagger = Tagger()
+    conn.add_stage(tagger, index=len(conn.stages))       # nearest the handler
+    assert conn.stages[-1] is tagger and tagger.conn is conn
+    conn.send_binary(b"x")
+    run_until(loop, lambda: client.frames)
+    assert client.frames[0].data == b"in:out:x"
+    conn.remove_stage(Tagger)
+    assert tagger.conn is None and Tagger not in map(type, conn.stages)
+    conn.send_binary(b"y")
+    run_until(loop, lambda: len(client.frames) == 2)
+    assert client.frames[1].data == b"y"
+    conn.close()
+    run_until(loop, lambda: client.closed)
