@@ -57,10 +57,16 @@ cdef class FrameParser:
     cdef Py_ssize_t _filled
     cdef Py_ssize_t _capacity           # allocated size of _payload (grows for huge frames)
     cdef bytes _backlog                 # input left over when a callback raised
+    # UTF-8 of text messages, checked as payload bytes arrive (fail fast, RFC 6455 8.1)
+    cdef public bint validate_utf8
+    cdef bint _in_text                  # inside an uncompressed text message
+    cdef bint _frame_text               # the current frame's payload is validated
+    cdef uint32_t _utf8_state
 
     cdef int feed_c(self, const uint8_t *data, Py_ssize_t length) except -1
     cdef int _parse(self, const uint8_t *data, Py_ssize_t length) except -1
     cdef int _start_frame(self, const uint8_t *header) except -1
+    cdef int _check_text(self, const uint8_t *data, Py_ssize_t length, bint last) except -1
     cdef int _emit(self, bytes payload, const uint8_t *data, Py_ssize_t pos,
                    Py_ssize_t length) except -1
     cdef int fail(self, int code, str reason) except -1

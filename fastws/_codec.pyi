@@ -102,7 +102,9 @@ class FrameParser:
         *,
         expect_mask: bool = True,
         max_frame_size: int | None = None,
+        validate_utf8: bool = False,
     ) -> None: ...
+    validate_utf8: bool
     def feed(self, data: Buffer) -> None: ...
     @property
     def max_frame_size(self) -> int | None: ...

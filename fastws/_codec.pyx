@@ -433,11 +433,13 @@ cdef class FrameParser:
     expect_mask: True on a server (clients must mask), False on a client (servers
     must not). max_frame_size: payloads above it fail with 1009 as soon as the
     header arrives. allowed_rsv: RSV bits an extension permits on the first frame
-    of a message (permessage-deflate: 4, the RSV1 bit).
+    of a message (permessage-deflate: 4, the RSV1 bit). validate_utf8: check text
+    messages (not compressed ones) as their bytes arrive and fail with 1007 at the first
+    invalid byte, even in the middle of a frame.
     """
 
     def __init__(self, on_frame=None, on_error=None, *, bint expect_mask=True,
-                 max_frame_size=None):
+                 max_frame_size=None, bint validate_utf8=False):
         if on_frame is None and type(self) is FrameParser:
             raise TypeError("FrameParser needs an on_frame callback")
         if on_frame is not None and not callable(on_frame):
@@ -448,6 +450,7 @@ cdef class FrameParser:
         self.on_error = on_error
         self.expect_mask = expect_mask
         self.max_frame_size = max_frame_size
+        self.validate_utf8 = validate_utf8
 
     @property
     def max_frame_size(self):
@@ -529,6 +532,9 @@ cdef class FrameParser:
                     fastws_mask_copy(dst, data + pos, <size_t>take, self._key, <size_t>self._filled)
                 else:
                     memcpy(dst, data + pos, take)
+                if self._frame_text and self._check_text(
+                        dst, take, <uint64_t>(self._filled + take) == self._length):
+                    return 0
                 self._filled += take
                 pos += take
                 if <uint64_t>self._filled == self._length:
@@ -567,6 +573,8 @@ cdef class FrameParser:
 
             # The payload: whole in this chunk (the common case), empty, or split.
             if self._length == 0:
+                if self._frame_text and self._check_text(data, 0, True):
+                    return 0
                 self._emit(_EMPTY, data, pos, n)
             elif <uint64_t>(n - pos) >= self._length:
                 size = <Py_ssize_t>self._length
@@ -576,6 +584,9 @@ cdef class FrameParser:
                                      <size_t>size, self._key, 0)
                 else:
                     payload = PyBytes_FromStringAndSize(<const char *>data + pos, size)
+                if self._frame_text and self._check_text(
+                        <const uint8_t *>PyBytes_AS_STRING(payload), size, True):
+                    return 0
                 pos += size
                 self._emit(payload, data, pos, n)
             else:
@@ -634,6 +645,28 @@ cdef class FrameParser:
         self._masked = (b1 & 0x80) != 0
         if self._masked:
             memcpy(self._key, h + offset, 4)
+        self._frame_text = False
+        if self.validate_utf8 and not _is_control(opcode):
+            if opcode == 1:
+                # A compressed message (RSV1) is validated after inflating, not here.
+                self._in_text = not (rsv & 4)
+                self._utf8_state = FASTWS_UTF8_ACCEPT
+            elif opcode == 2:
+                self._in_text = False
+            self._frame_text = self._in_text
+            if self._fin:
+                self._in_text = False
+        return 0
+
+    cdef int _check_text(self, const uint8_t *data, Py_ssize_t length, bint last) except -1:
+        """Validate payload bytes of a text message; 1 after failing with 1007."""
+        self._utf8_state = fastws_utf8_feed(self._utf8_state, data, <size_t>length)
+        if self._utf8_state == FASTWS_UTF8_REJECT:
+            self.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
+            return 1
+        if last and self._fin and self._utf8_state != FASTWS_UTF8_ACCEPT:
+            self.fail(CloseCode.INVALID_DATA, "text message ends inside a UTF-8 sequence")
+            return 1
         return 0
 
     cdef int _emit(self, bytes payload, const uint8_t *data, Py_ssize_t pos,

@@ -619,7 +619,7 @@ class Connection:
             self._handshake_timer = None
         self._parser = FrameParser(self._frame_parsed, self._frame_error,
                                    expect_mask=not self.is_client,
-                                   max_frame_size=self.max_frame_size)
+                                   max_frame_size=self.max_frame_size, validate_utf8=True)
         for stage in (stages if stages is not None else (AutoPong(), Consolidate())):
             self.add_stage(stage, len(self._stages))
         self._notify("on_upgraded")

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._codec import CloseCode, Frame, OpCode, Utf8Validator, is_valid_utf8
+from ._codec import CloseCode, Frame, OpCode
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -88,14 +88,15 @@ class Stage:
 
 
 class Consolidate(Stage):
-    """Reassembles fragmented messages; enforces the message size limit and UTF-8.
+    """Reassembles fragmented messages and enforces the message size limit.
 
     Fragments are delivered as one FIN frame with the first fragment's opcode and RSV.
     Control frames between fragments pass straight through. A continuation with no
     message to continue, or a new message inside a fragmented one, fails the connection
     with 1002; a message growing past `max_message_size` fails with 1009 as soon as the
-    running total passes it; invalid UTF-8 in a text message fails with 1007 at the first
-    fragment that makes it invalid. `max_message_size=None` uses the connection's limit.
+    running total passes it. `max_message_size=None` uses the connection's limit.
+    (UTF-8 of text messages is checked earlier, by the connection's frame parser, as the
+    bytes arrive: 1007 at the first invalid byte, even inside a frame.)
     """
 
     def __init__(self, max_message_size: int | None = None) -> None:
@@ -104,7 +105,6 @@ class Consolidate(Stage):
         self._opcode = -1              # opcode of the message in progress; -1 when none
         self._rsv = 0
         self._size = 0
-        self._validator = Utf8Validator()
 
     def _limit(self) -> int | None:
         if self.max_message_size is not None:
@@ -134,30 +134,19 @@ class Consolidate(Stage):
                 if limit is not None and len(data) > limit:
                     conn.fail(CloseCode.MESSAGE_TOO_BIG,
                               f"message of {len(data)} bytes exceeds max_message_size={limit}")
-                elif opcode == OpCode.TEXT and not is_valid_utf8(data):
-                    conn.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
                 else:
                     self._pass_in(frame)
                 return
             self._opcode = opcode
             self._rsv = frame.rsv
             self._size = len(data)
-            self._validator.reset()
         if limit is not None and self._size > limit:
             self._reset()
             conn.fail(CloseCode.MESSAGE_TOO_BIG,
                       f"fragmented message passed max_message_size={limit}")
             return
-        if self._opcode == OpCode.TEXT and not self._validator.feed(data):
-            self._reset()
-            conn.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
-            return
         self._parts.append(data)
         if frame.fin:
-            if self._opcode == OpCode.TEXT and not self._validator.finish():
-                self._reset()
-                conn.fail(CloseCode.INVALID_DATA, "text message ends inside a UTF-8 sequence")
-                return
             message = Frame(fin=True, rsv=self._rsv, opcode=self._opcode,
                             data=b"".join(self._parts))
             self._reset()

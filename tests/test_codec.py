@@ -290,3 +290,40 @@ def test_close_reason_bad_utf8_is_1007_and_one_byte_is_1002():
     assert info.value.code == CloseCode.PROTOCOL_ERROR
     with pytest.raises(ValueError):
         close_payload(1000, "x" * 124)
+
+
+# ------------------------------------------------------------------ UTF-8 while parsing
+
+def test_text_validated_as_bytes_arrive_inside_one_frame():
+    # Autobahn 6.4.3: one frame sent in chops; the bad bytes fail it before the frame ends.
+    errors = []
+    parser = FrameParser(lambda f: None, lambda c, r: errors.append(c), validate_utf8=True)
+    wire = encode_frame(OpCode.TEXT, "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"x" * 50,
+                        masking_key=0x11223344)
+    parser.feed(wire[:6 + 11])          # header + the valid part
+    assert errors == []
+    parser.feed(wire[6 + 11:6 + 13])    # the first bytes of the invalid sequence
+    assert errors == [CloseCode.INVALID_DATA]
+
+
+def test_text_validation_spans_fragments_and_skips_binary_and_compressed():
+    frames, errors = parse_utf8([
+        Frame(fin=False, opcode=OpCode.TEXT, data=b"\xe2\x82", masking_key=1),
+        Frame(opcode=OpCode.PING, data=b"\xff", masking_key=2),     # control: not text
+        Frame(fin=True, opcode=0, data=b"\xac", masking_key=3),
+        Frame(opcode=OpCode.BINARY, data=b"\xff", masking_key=4),
+        Frame(rsv=4, opcode=OpCode.TEXT, data=b"\xff", masking_key=5),   # compressed
+    ])
+    assert errors == [] and len(frames) == 5
+    frames, errors = parse_utf8([Frame(fin=False, opcode=OpCode.TEXT, data=b"ok\xe2", masking_key=1),
+                                 Frame(fin=True, opcode=0, data=b"", masking_key=1)])
+    assert errors == [CloseCode.INVALID_DATA] and len(frames) == 1
+
+
+def parse_utf8(frames_in):
+    frames, errors = [], []
+    parser = FrameParser(frames.append, lambda c, r: errors.append(c), validate_utf8=True)
+    parser.allowed_rsv = 4
+    for frame in frames_in:
+        parser.feed(frame.encode())
+    return frames, errors
