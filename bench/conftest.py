@@ -1,0 +1,197 @@
+"""Shared machinery for the codec benchmarks in this folder.
+
+* ``bench_run`` fixture: calibrates a callable once, then runs it through
+  ``benchmark.pedantic`` with a bounded number of rounds, so the whole suite
+  finishes in a couple of minutes even on a small machine.  The time budget
+  per benchmark is ``--bench-budget`` seconds (default 0.5).  The cyclic GC
+  is disabled while timing unless ``--bench-keep-gc`` is given.
+* After each run the derived figures (GB/s, M frames/s, computed from the
+  median) are stored in the benchmark's ``extra_info`` (so they end up in
+  ``--benchmark-json`` / ``--benchmark-autosave`` files) and collected for a
+  plain-text summary printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+
+import pytest
+
+# A round shorter than this is repeated (``iterations``) so the timer's
+# resolution and per-round overhead stay negligible.
+MIN_ROUND_SECONDS = 100e-6
+MIN_ROUNDS = 5
+MAX_ROUNDS = 2000
+
+_RESULTS_KEY = pytest.StashKey[list]()
+
+
+@dataclass
+class Result:
+    kind: str  # "mask", "parse" or "utf8"
+    impl: str
+    size_label: str
+    size: int
+    median: float  # seconds per call
+    bytes_per_call: int
+    frames_per_call: int | None
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_per_call / self.median / 1e9
+
+    @property
+    def mfps(self) -> float | None:
+        if self.frames_per_call is None:
+            return None
+        return self.frames_per_call / self.median / 1e6
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fastws bench")
+    group.addoption(
+        "--bench-budget",
+        type=float,
+        default=0.5,
+        help="approximate seconds spent timing each benchmark (default 0.5); "
+        "rounds are clamped to [%d, %d]" % (MIN_ROUNDS, MAX_ROUNDS),
+    )
+    group.addoption(
+        "--bench-keep-gc",
+        action="store_true",
+        default=False,
+        help="leave the cyclic garbage collector enabled while timing (by "
+        "default it is disabled so results do not depend on heap size)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RESULTS_KEY] = []
+
+
+def _calibrate(fn) -> float:
+    """Seconds for one call of fn (best of a few, after one warm-up call)."""
+    fn()
+    best = math.inf
+    deadline = time.perf_counter() + 0.05
+    for _ in range(1000):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            break
+    return max(best, 1e-9)
+
+
+@pytest.fixture
+def bench_run(benchmark, request):
+    """Return ``run(fn, *, kind, impl, size_label, size, bytes_per_call,
+    frames_per_call=None)`` that times fn with bounded rounds."""
+    budget = request.config.getoption("--bench-budget")
+    keep_gc = request.config.getoption("--bench-keep-gc")
+    results = request.config.stash[_RESULTS_KEY]
+
+    def run(fn, *, kind, impl, size_label, size, bytes_per_call, frames_per_call=None):
+        benchmark.extra_info.update(
+            kind=kind,
+            impl=impl,
+            size=size,
+            bytes_per_call=bytes_per_call,
+        )
+        if frames_per_call is not None:
+            benchmark.extra_info["frames_per_call"] = frames_per_call
+
+        if not benchmark.enabled:  # --benchmark-disable: run it once, untimed
+            benchmark(fn)
+            return
+        # With the collector on, parsers that create GC-tracked objects per
+        # frame pay for full collections whose cost grows with the whole heap
+        # (pytest's included), not with the codec; hence off by default.
+        gc_was_enabled = gc.isenabled()
+        gc_on = keep_gc and gc_was_enabled
+        benchmark.extra_info["gc_enabled"] = gc_on
+        gc.collect()
+        if not gc_on:
+            gc.disable()
+        try:
+            per_call = _calibrate(fn)
+            iterations = max(1, math.ceil(MIN_ROUND_SECONDS / per_call))
+            rounds = int(budget / (per_call * iterations))
+            rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, rounds))
+            benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=1)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+        stats = getattr(benchmark, "stats", None)
+        if stats is None:
+            return
+        res = Result(
+            kind=kind,
+            impl=impl,
+            size_label=size_label,
+            size=size,
+            median=stats.stats.median,
+            bytes_per_call=bytes_per_call,
+            frames_per_call=frames_per_call,
+        )
+        benchmark.extra_info["median_GBps"] = round(res.gbps, 4)
+        if res.mfps is not None:
+            benchmark.extra_info["median_Mframes_per_s"] = round(res.mfps, 4)
+        results.append(res)
+
+    return run
+
+
+def _fmt_time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:8.2f} {unit}"
+    return f"{seconds / 1e-9:8.1f} ns"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    results: list[Result] = config.stash.get(_RESULTS_KEY, [])
+    if not results:
+        return
+    tr = terminalreporter
+    gc_note = (
+        "cyclic GC enabled while timing (--bench-keep-gc)"
+        if config.getoption("--bench-keep-gc")
+        else "cyclic GC disabled while timing"
+    )
+    order = {"16B": 0, "125B": 1, "1KiB": 2, "64KiB": 3, "1MiB": 4}
+    titles = {
+        "parse": "parse: masked client->server frames, payload as bytes "
+        "(GB/s = payload bytes / median)",
+        "mask": "mask: new masked buffer per call (GB/s = input bytes / median)",
+        "utf8": "utf8: validate/decode (GB/s = input bytes / median)",
+    }
+    for kind in ("parse", "mask", "utf8"):
+        rows = [r for r in results if r.kind == kind]
+        if not rows:
+            continue
+        rows.sort(key=lambda r: (order.get(r.size_label, 99), r.size, -r.gbps))
+        w = max(len("implementation"), *(len(r.impl) for r in rows))
+        tr.write_sep("-", f"fastws bench summary: {titles[kind]}")
+        tr.write_line(f"(median of the timed rounds; 1 GB = 1e9 bytes; {gc_note})")
+        if kind == "parse":
+            tr.write_line(
+                f"{'size':>6}  {'implementation':<{w}} {'frames/call':>11} "
+                f"{'median':>11} {'M frames/s':>11} {'GB/s':>8}"
+            )
+            for r in rows:
+                tr.write_line(
+                    f"{r.size_label:>6}  {r.impl:<{w}} {r.frames_per_call:>11} "
+                    f"{_fmt_time(r.median):>11} {r.mfps:>11.3f} {r.gbps:>8.3f}"
+                )
+        else:
+            tr.write_line(f"{'size':>6}  {'implementation':<{w}} {'median':>11} {'GB/s':>8}")
+            for r in rows:
+                tr.write_line(
+                    f"{r.size_label:>6}  {r.impl:<{w}} {_fmt_time(r.median):>11} {r.gbps:>8.3f}"
+                )

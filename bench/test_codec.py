@@ -1,0 +1,471 @@
+"""Benchmarks of fastws' RFC 6455 codec against the peers' own codecs.
+
+Run:  pytest bench/ --benchmark-only
+See bench/README.md for what each group measures.
+
+Every peer is optional: a peer that is not importable simply has no cases.
+Every benchmark checks once, outside the timing, that the implementation
+produced the right result, so nothing here can time a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from functools import partial
+
+import pytest
+
+import fastws
+
+# --------------------------------------------------------------------------
+# optional peers
+
+try:
+    from websockets.frames import Frame as WebsocketsFrame
+    from websockets.speedups import apply_mask as websockets_apply_mask
+    from websockets.streams import StreamReader as WebsocketsStreamReader
+except ImportError:  # websockets missing, or built without its C speedups
+    WebsocketsFrame = None
+    websockets_apply_mask = None
+
+try:
+    from wsproto.frame_protocol import FrameProtocol as WsprotoFrameProtocol
+except ImportError:
+    WsprotoFrameProtocol = None
+
+try:
+    from aiohttp._websocket.mask import _websocket_mask_cython as aiohttp_mask
+except ImportError:  # aiohttp missing or installed without its extensions
+    aiohttp_mask = None
+
+try:
+    from aiohttp._websocket.reader_c import WebSocketDataQueue as AiohttpDataQueue
+    from aiohttp._websocket.reader_c import WebSocketReader as AiohttpReader
+except ImportError:
+    AiohttpReader = None
+
+try:
+    import picows
+    from picows.picows import WSProtocol as PicowsProtocol
+except ImportError:
+    picows = None
+
+# --------------------------------------------------------------------------
+# inputs
+
+SIZES = [
+    pytest.param(16, id="16B"),
+    pytest.param(125, id="125B"),
+    pytest.param(1024, id="1KiB"),
+    pytest.param(64 * 1024, id="64KiB"),
+    pytest.param(1024 * 1024, id="1MiB"),
+]
+LABELS = {16: "16B", 125: "125B", 1024: "1KiB", 64 * 1024: "64KiB", 1024 * 1024: "1MiB"}
+
+MASK_KEY = b"\x37\xfa\x21\x3d"
+CHUNK_TARGET = 1024 * 1024  # bytes of wire data per parse() call
+OP_BINARY = 2
+
+
+def payload_of(size: int) -> bytes:
+    """Deterministic, non-constant payload (a constant one could hide bugs)."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def reference_mask(data: bytes, key: bytes) -> bytes:
+    """Slow but obviously correct RFC 6455 masking, for verification only."""
+    n = len(data)
+    if n == 0:
+        return b""
+    keystream = (key * (n // 4 + 1))[:n]
+    x = int.from_bytes(data, "big") ^ int.from_bytes(keystream, "big")
+    return x.to_bytes(n, "big")
+
+
+def client_frames(size: int) -> tuple[bytes, int, bytes]:
+    """(payload, frame count, chunk): about CHUNK_TARGET bytes of identical
+    masked binary frames, i.e. what a server reads from a client.  Encoded by
+    hand (not with fastws) so the parser under test does not also produce its
+    own input."""
+    payload = payload_of(size)
+    if size < 126:
+        header = bytes([0x80 | OP_BINARY, 0x80 | size])
+    elif size < 65536:
+        header = bytes([0x80 | OP_BINARY, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | OP_BINARY, 0x80 | 127]) + size.to_bytes(8, "big")
+    frame = header + MASK_KEY + reference_mask(payload, MASK_KEY)
+    count = max(1, CHUNK_TARGET // len(frame))
+    return payload, count, frame * count
+
+
+# --------------------------------------------------------------------------
+# 1. mask
+
+KEY_INT = int.from_bytes(MASK_KEY, "big")  # the same key as an int, wire order
+
+
+def _mask_impls():
+    """name -> factory(data) -> zero-argument callable.  C functions are bound
+    with functools.partial so no Python frame is added to the timing."""
+    impls = {
+        "fastws.mask (bytes key)": lambda data: partial(fastws.mask, data, MASK_KEY),
+        "fastws.mask (int key)": lambda data: partial(fastws.mask, data, KEY_INT),
+    }
+    if websockets_apply_mask is not None:
+        impls["websockets.speedups"] = lambda data: partial(
+            websockets_apply_mask, data, MASK_KEY
+        )
+    if aiohttp_mask is not None:
+        # aiohttp masks a bytearray in place; the fresh copy is part of the
+        # measurement (fastws and websockets also return new memory).  This
+        # one needs a Python function, i.e. one extra frame (~30-50 ns).
+        def aiohttp_factory(data):
+            def aiohttp_copy_and_mask():
+                buf = bytearray(data)
+                aiohttp_mask(MASK_KEY, buf)
+                return buf
+
+            return aiohttp_copy_and_mask
+
+        impls["aiohttp (copy+mask)"] = aiohttp_factory
+    # picows: its mask (_mask_payload) is a cdef inline C function with no
+    # Python entry point, so there is nothing standalone to time.
+    # Memory-bandwidth limit: bytearray(bytes) is one allocation + one memcpy
+    # (bytes(b) and b[:] return b itself for bytes, copying nothing).
+    impls["copy: bytearray(data)"] = lambda data: partial(bytearray, data)
+    return impls
+
+
+MASK_IMPLS = _mask_impls()
+
+
+@pytest.mark.parametrize("impl", list(MASK_IMPLS))
+@pytest.mark.parametrize("size", SIZES)
+def test_mask(benchmark, bench_run, size, impl):
+    benchmark.group = f"mask-{LABELS[size]}"
+    data = payload_of(size)
+    fn = MASK_IMPLS[impl](data)
+    out = fn()
+    if impl.startswith("copy"):
+        assert out == data
+    else:
+        assert bytes(out) == reference_mask(data, MASK_KEY)
+    bench_run(
+        fn,
+        kind="mask",
+        impl=impl,
+        size_label=LABELS[size],
+        size=size,
+        bytes_per_call=size,
+    )
+
+
+# --------------------------------------------------------------------------
+# 2. parse
+#
+# Each factory returns parse(chunk) -> list of payloads (bytes) or of objects
+# holding them, plus a function extracting the payload bytes for verification.
+
+
+def make_fastws():
+    FrameParser = fastws.FrameParser
+
+    def parse(chunk):
+        # FrameParser.on_frame is read-only, so a new parser per call gives
+        # every call a fresh list (construction costs well under 1 us).
+        frames = []
+        FrameParser(frames.append).feed(chunk)
+        return frames
+
+    return parse, lambda frames: [f.data for f in frames]
+
+
+class _WebsocketsParser:
+    """Drives websockets' Sans-I/O frame parser the way
+    websockets.protocol.Protocol.parse() does: one generator looping on
+    StreamReader.at_eof() and Frame.parse(reader.read_exact, mask=...)."""
+
+    def __init__(self):
+        self.reader = WebsocketsStreamReader()
+        self.frames = []
+        self.parser = self._parse()
+        next(self.parser)
+
+    def _parse(self):
+        reader = self.reader
+        while True:
+            if (yield from reader.at_eof()):
+                raise EOFError
+            frame = yield from WebsocketsFrame.parse(
+                reader.read_exact, mask=True, max_size=None, extensions=[]
+            )
+            self.frames.append(frame)
+
+    def __call__(self, chunk):
+        self.frames = []
+        self.reader.feed_data(chunk)
+        next(self.parser)
+        return self.frames
+
+
+def make_websockets():
+    if WebsocketsFrame is None:
+        pytest.skip("websockets (with C speedups) not installed")
+    return _WebsocketsParser(), lambda frames: [f.data for f in frames]
+
+
+def make_wsproto():
+    if WsprotoFrameProtocol is None:
+        pytest.skip("wsproto not installed")
+    proto = WsprotoFrameProtocol(client=False, extensions=[])
+
+    def parse(chunk):
+        proto.receive_bytes(chunk)
+        return list(proto.received_frames())
+
+    return parse, lambda frames: [f.payload for f in frames]
+
+
+class _AiohttpProtocolStub:
+    """The only protocol surface WebSocketDataQueue touches: flow control."""
+
+    _reading_paused = False
+
+    def pause_reading(self):
+        raise AssertionError("queue limit reached; the benchmark should not pause")
+
+    def resume_reading(self):
+        pass
+
+
+def make_aiohttp():
+    if AiohttpReader is None:
+        pytest.skip("aiohttp with its C WebSocket reader not installed")
+    proto = _AiohttpProtocolStub()
+
+    def parse(chunk):
+        # WebSocketReader.queue is typed as the cdef WebSocketDataQueue, so a
+        # duck-typed stand-in is rejected; use the real queue (with a
+        # protocol stub and no loop; the loop is only used by read()).  A new
+        # queue + reader per call, since the queue's byte count can only be
+        # drained through the async read().  No size limit (0), no
+        # compression, no text decoding (binary frames anyway).
+        queue = AiohttpDataQueue(proto, 2**30, loop=None)
+        reader = AiohttpReader(queue, 0, False, False)
+        reader.feed_data(chunk)
+        return queue._buffer
+
+    def payloads(buffer):
+        return [msg.data for msg, _size in buffer]
+
+    return parse, payloads
+
+
+class _PicowsHarness:
+    """picows' frame parser lives in WSProtocol, an asyncio BufferedProtocol.
+    It is driven without a network: a stub transport (a never-connected TCP
+    socket for the setsockopt calls, write() discarding the 101 response), a
+    real HTTP upgrade request, then get_buffer()/buffer_updated() per chunk
+    exactly as asyncio's selector transport does after recv_into()."""
+
+    UPGRADE = (
+        b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name, default=None):
+            return self.sock if name == "socket" else default
+
+        def get_write_buffer_size(self):
+            return 0
+
+        def write(self, data):
+            pass
+
+        def is_closing(self):
+            return False
+
+        def close(self):
+            pass
+
+    def __init__(self):
+        harness = self
+
+        class Listener(picows.WSListener):
+            def on_ws_frame(self, transport, frame):
+                # WSFrame points into picows' receive buffer and is only
+                # valid during this call: take the payload as bytes.
+                harness.frames.append(frame.get_payload_as_bytes())
+
+        self.frames = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.loop = asyncio.new_event_loop()
+
+        async def build():
+            return PicowsProtocol(
+                None, None, False,  # host_port, ws_path, is_client_side
+                lambda request: Listener(),
+                logging.getLogger("bench.picows"),
+                True,  # disconnect_on_exception
+                None,  # websocket_handshake_timeout
+                False, 5, 5, picows.WSAutoPingStrategy.PING_WHEN_IDLE,  # no auto-ping
+                False,  # enable_auto_pong
+                2**31,  # max_frame_size
+                None,  # extra_headers
+                64 * 1024,  # read_buffer_init_size (grows on demand)
+            )
+
+        self.proto = self.loop.run_until_complete(build())
+        self.proto.connection_made(self.Transport(self.sock))
+        self.feed(self.UPGRADE)
+        if self.proto.listener is None:
+            raise RuntimeError("picows rejected the upgrade request")
+
+    def feed(self, data):
+        proto = self.proto
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            buf = proto.get_buffer(-1)
+            n = min(len(buf), end - pos)
+            buf[:n] = view[pos : pos + n]
+            proto.buffer_updated(n)
+            pos += n
+
+    def __call__(self, chunk):
+        self.frames = []
+        self.feed(chunk)
+        return self.frames
+
+    def close(self):
+        self.loop.close()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def picows_harness():
+    if picows is None:
+        pytest.skip("picows not installed")
+    try:
+        harness = _PicowsHarness()
+    except Exception as exc:  # e.g. a picows release with another signature
+        pytest.skip(f"cannot drive picows' WSProtocol standalone: {exc!r}")
+    yield harness
+    harness.close()
+
+
+PARSE_IMPLS = ["fastws.FrameParser"]
+if WebsocketsFrame is not None:
+    PARSE_IMPLS.append("websockets Frame.parse")
+if WsprotoFrameProtocol is not None:
+    PARSE_IMPLS.append("wsproto FrameProtocol")
+if AiohttpReader is not None:
+    PARSE_IMPLS.append("aiohttp WebSocketReader (C)")
+if picows is not None:
+    PARSE_IMPLS.append("picows WSProtocol")
+
+
+@pytest.mark.parametrize("impl", PARSE_IMPLS)
+@pytest.mark.parametrize("size", SIZES)
+def test_parse(benchmark, bench_run, request, size, impl):
+    benchmark.group = f"parse-{LABELS[size]}"
+    if impl == "fastws.FrameParser":
+        parse, payloads = make_fastws()
+    elif impl.startswith("websockets"):
+        parse, payloads = make_websockets()
+    elif impl.startswith("wsproto"):
+        parse, payloads = make_wsproto()
+    elif impl.startswith("aiohttp"):
+        parse, payloads = make_aiohttp()
+    else:
+        parse, payloads = request.getfixturevalue("picows_harness"), list
+
+    payload, count, chunk = client_frames(size)
+    # Verify twice: the second call catches parsers that would leave state
+    # behind (partial frames, lost bytes) between calls.
+    for _ in range(2):
+        got = payloads(parse(chunk))
+        assert len(got) == count, f"{impl}: {len(got)} frames, expected {count}"
+        assert all(type(p) is bytes for p in got), f"{impl}: payload not bytes"
+        assert all(p == payload for p in got), f"{impl}: wrong payload"
+
+    bench_run(
+        lambda: parse(chunk),
+        kind="parse",
+        impl=impl,
+        size_label=LABELS[size],
+        size=size,
+        bytes_per_call=count * size,
+        frames_per_call=count,
+    )
+    benchmark.extra_info["wire_bytes_per_call"] = len(chunk)
+
+
+# --------------------------------------------------------------------------
+# 3. utf8
+
+MIXED_UNIT = "héllo wörld — καλημέρα κόσμε — 日本語のテキスト — ñandú ".encode()
+
+
+def text_of(size: int, kind: str) -> bytes:
+    if kind == "ascii":
+        unit = b"The quick brown fox jumps over the lazy dog. "
+    else:
+        unit = MIXED_UNIT
+    data = (unit * (size // len(unit) + 1))[:size]
+    # Back off to a character boundary and pad with ASCII to the exact size.
+    while True:
+        try:
+            data.decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            data = data[:-1]
+    return data + b"." * (size - len(data))
+
+
+def _utf8_impls():
+    """name -> factory(data) -> zero-argument callable returning the result."""
+    Utf8Validator = fastws.Utf8Validator
+    return {
+        # a fresh validator per call: the streaming API's full cost
+        "fastws Utf8Validator().feed": lambda data: lambda: Utf8Validator().feed(data),
+        "fastws is_valid_utf8": lambda data: partial(fastws.is_valid_utf8, data),
+        'bytes.decode("utf-8")': lambda data: partial(bytes.decode, data, "utf-8"),
+    }
+
+
+UTF8_IMPLS = _utf8_impls()
+
+
+@pytest.mark.parametrize("impl", list(UTF8_IMPLS))
+@pytest.mark.parametrize("text", ["ascii", "mixed"])
+@pytest.mark.parametrize("size", SIZES)
+def test_utf8(benchmark, bench_run, size, text, impl):
+    benchmark.group = f"utf8-{LABELS[size]}"
+    data = text_of(size, text)
+    assert len(data) == size
+    if text == "mixed":
+        assert len(data.decode()) < size  # really contains multi-byte chars
+    fn = UTF8_IMPLS[impl](data)
+    result = fn()
+    assert result is True or result == data.decode("utf-8")
+    # ...and it must notice invalid input (a lone continuation byte at the end)
+    bad = data[:-1] + b"\x80"
+    if impl.startswith("fastws"):
+        assert UTF8_IMPLS[impl](bad)() is False
+    bench_run(
+        fn,
+        kind="utf8",
+        impl=f"{impl} [{text}]",
+        size_label=LABELS[size],
+        size=size,
+        bytes_per_call=size,
+    )
