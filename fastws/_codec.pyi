@@ -92,8 +92,10 @@ def encode_into(
 ) -> int: ...
 
 class FrameParser:
-    on_frame: Callable[[Frame], object] | None
-    on_error: Callable[[int, str], object] | None
+    @property
+    def on_frame(self) -> Callable[[Frame], object] | None: ...
+    @property
+    def on_error(self) -> Callable[[int, str], object] | None: ...
     expect_mask: bool
     def __init__(
         self,

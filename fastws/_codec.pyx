@@ -91,8 +91,13 @@ cdef inline void _key_bytes(uint32_t key, uint8_t *out) noexcept nogil:
 cdef int _parse_key(object masking_key, uint32_t *out) except -1:
     """None -> 0 (unmasked); an int (wire byte order) or 4 bytes -> 1 and the key."""
     cdef const uint8_t[:] raw
+    cdef const uint8_t *p
     if masking_key is None:
         return 0
+    if type(masking_key) is bytes and len(<bytes>masking_key) == 4:
+        p = <const uint8_t *>PyBytes_AS_STRING(masking_key)
+        out[0] = (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+        return 1
     if isinstance(masking_key, int):
         if not 0 <= masking_key <= 0xFFFFFFFF:
             raise ValueError(f"masking key must fit in 32 bits, got {masking_key!r}")
@@ -116,6 +121,7 @@ cdef inline object _as_buffer_source(object data):
 
 
 @cython.freelist(256)
+@cython.no_gc
 @cython.auto_pickle(False)
 cdef class Frame:
     """One WebSocket frame: Frame(fin=True, rsv=0, opcode=OpCode.TEXT, masking_key=None, data=b"").
@@ -125,6 +131,9 @@ cdef class Frame:
     with, so `frame.encode()` reproduces the bytes on the wire.
     """
 
+    # Not tracked by the cyclic GC: a frame holds only its payload, so it cannot be part
+    # of a reference cycle that plain reference counting would miss (as long as `data`
+    # is a bytes-like object, which is what it is for).
     def __init__(self, fin=True, int rsv=0, opcode=OpCode.TEXT, masking_key=None, data=b""):
         if not 0 <= rsv <= 7:
             raise ValueError(f"rsv is a 3-bit field (0-7), got {rsv}")

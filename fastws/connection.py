@@ -202,7 +202,11 @@ class Connection:
             raise ValueError("use conn.upgrade() to answer with 101 Switching Protocols")
         self._awaiting = None
         keep_alive = request.keep_alive and "close" not in response.headers.tokens("connection")
-        self._write(response.encode(keep_alive=keep_alive))
+        encoded = response.encode(keep_alive=keep_alive)
+        if request.method == "HEAD" and response.body:
+            # A HEAD answer has GET's headers (Content-Length included) but never a body.
+            encoded = encoded[:len(encoded) - len(response.body)]
+        self._write(encoded)
         if not keep_alive:
             self._input_closed = True
             self._shutdown_when_flushed()
@@ -718,8 +722,12 @@ class Connection:
 
     def flush(self) -> None:
         """Send what is queued now (writes made during a read are flushed after it)."""
-        if self._write_queue and not self._writer_registered and self._mode != _TLS_HANDSHAKE:
-            self._send_queued()
+        if self._write_queue:
+            if not self._writer_registered and self._mode != _TLS_HANDSHAKE:
+                self._send_queued()
+        elif self._shutdown_after_flush and not self._corked:
+            # Asked to close during a read with nothing left to send: do it now.
+            self._shutdown_output()
 
     def _send_queued(self) -> None:
         queue = self._write_queue

@@ -218,9 +218,6 @@ def test_head_and_404_as_the_handler_decides(start_server, transport):
         connection.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Connection.respond() sends the response body for a HEAD request (Response.encode() does "
-    "not know the method): a handler answering HEAD like GET desynchronises keep-alive"))
 def test_head_response_never_carries_a_body(start_server, transport):
     class SameForHead:
         def on_request(self, conn, request):

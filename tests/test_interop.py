@@ -142,10 +142,6 @@ def test_their_client_sees_our_close(start_server, transport):
     assert recorder.closed == [(4002, "as you wish")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Connection.flush() ignores _shutdown_after_flush when the write queue is empty: when the "
-    "peer's close reply arrives after our close, _closing_handshake_done() runs corked and the "
-    "TCP shutdown waits for close_timeout"))
 def test_server_drops_tcp_promptly_after_its_close(start_server, transport):
     recorder = Closer()
     server = start_server(recorder, close_timeout=30)
