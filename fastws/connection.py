@@ -13,12 +13,12 @@ timeout and the once-only `on_closed` report live here too.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -90,6 +90,21 @@ class _MaskKeys:
 
 
 _mask_keys = _MaskKeys()
+_per_thread = threading.local()
+
+
+def _thread_read_buffer() -> tuple[bytearray, memoryview]:
+    """The read buffer every connection of this thread's loop shares.
+
+    Everything read is consumed (parsed, or copied by the parser for a frame still
+    incomplete) before the callback returns, so one buffer per thread is enough and an
+    idle connection costs no buffer at all.
+    """
+    buffer = getattr(_per_thread, "read_buffer", None)
+    if buffer is None:
+        buffer = _per_thread.read_buffer = bytearray(_READ_SIZE)
+        _per_thread.read_view = memoryview(buffer)
+    return buffer, _per_thread.read_view
 
 # Connection modes
 _TLS_HANDSHAKE = "tls-handshake"
@@ -134,8 +149,7 @@ class Connection:
         self._sock: socket.socket = sock
         self._tls = ssl_context is not None
         self._mode = _TLS_HANDSHAKE if self._tls else (_CLIENT_HANDSHAKE if is_client else _HTTP)
-        self._read_buffer = bytearray(_READ_SIZE)
-        self._read_view = memoryview(self._read_buffer)
+        self._read_buffer, self._read_view = _thread_read_buffer()
         self._reading = False
         self._reading_paused = False
         self._write_queue: collections.deque[bytes | memoryview] = collections.deque()
@@ -876,6 +890,3 @@ class Connection:
         side = "client" if self.is_client else "server"
         return f"<fastws.Connection {side} {self._state_name()} peer={self.peername}>"
 
-
-def _unused(_: Iterable[object]) -> None:  # pragma: no cover - keeps errno imported for readers
-    del errno

@@ -9,7 +9,6 @@ import os
 import socket
 import ssl
 
-import pytest
 
 import fastws
 from fastws import OpCode, Response, encode_frame

@@ -136,13 +136,18 @@ static inline size_t fastws_mask_neon(uint8_t *dst, const uint8_t *src, size_t n
 static inline size_t fastws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n,
                                       const uint8_t key[4], size_t offset)
 {
-    uint32_t key32 = fastws_mask_rotate(key, offset);
     size_t i = 0;
-    /* Every bulk step is a multiple of 4 bytes, so the rotated key stays in phase. */
 #if defined(FASTWS_MASK_HAVE_AVX2_DISPATCH)
-    if (n >= 64 && fastws_mask_has_avx2())
-        i = fastws_mask_avx2(dst, src, n, key32);
+    if (n >= 256 && fastws_mask_has_avx2()) {
+        /* Align the stores to 32 bytes: split stores cost more than the few bytes here. */
+        size_t head = (32 - ((uintptr_t)dst & 31)) & 31;
+        for (; i < head; i++)
+            dst[i] = src[i] ^ key[(offset + i) & 3];
+        i += fastws_mask_avx2(dst + i, src + i, n - i, fastws_mask_rotate(key, offset + i));
+    }
 #endif
+    /* Every bulk step is a multiple of 4 bytes, so the rotated key stays in phase. */
+    uint32_t key32 = fastws_mask_rotate(key, offset + i);
 #if defined(FASTWS_MASK_X86)
     i += fastws_mask_sse2(dst + i, src + i, n - i, key32);
 #elif defined(FASTWS_MASK_NEON)
