@@ -1,0 +1,65 @@
+"""Fuzz target: the HTTP request parser and the WebSocket opening handshake.
+
+    python fuzz/fuzz_http.py -max_total_time=600
+    python fuzz/fuzz_http.py -runs=5000
+
+Arbitrary bytes, fed in fuzzer-chosen chunks, may only end in requests or an HttpError
+(whose status is a 4xx/5xx the server can answer with); every upgrade request either
+gets a well-formed 101 from fastws.accept or a HandshakeError with 400, 405 or 426;
+every error response encodes.
+"""
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from fastws.handshake import HandshakeError, accept, accept_key
+    from fastws.http import HttpError, RequestParser
+
+SEED_REQUEST = (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def check(data: bytes) -> None:
+    provider = atheris.FuzzedDataProvider(data)
+    step = provider.ConsumeIntInRange(1, 128)
+    use_seed = provider.ConsumeBool()
+    payload = provider.ConsumeBytes(provider.remaining_bytes())
+    if use_seed:   # mutate around a valid upgrade so the handshake checks get exercised
+        cut = len(payload) % (len(SEED_REQUEST) + 1)
+        payload = SEED_REQUEST[:cut] + payload + SEED_REQUEST[cut:]
+
+    parser = RequestParser(max_header_size=4096, max_headers=32, max_body_size=4096)
+    requests = []
+    try:
+        for start in range(0, len(payload), step):
+            requests += parser.feed(payload[start:start + step])
+            if parser.upgraded:
+                break
+    except HttpError as error:
+        assert 400 <= error.status <= 599, error.status
+        assert error.response().encode(keep_alive=False).startswith(b"HTTP/1.1 ")
+    for request in requests:
+        assert request.method and request.target
+        if not request.upgrade:
+            continue
+        try:
+            response = accept(request)
+        except HandshakeError as error:
+            assert error.status in (400, 405, 426), error.status
+            assert error.response().encode(keep_alive=False).startswith(b"HTTP/1.1 4")
+        else:
+            assert response.status == 101
+            key = request.headers.get("sec-websocket-key")
+            assert response.headers.get("sec-websocket-accept") == accept_key(key)
+            response.encode()
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, check)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
