@@ -1,0 +1,79 @@
+"""The server's per-message cost in-process: a Connection on a socketpair echoing frames.
+
+One call sends a batch of masked 32-byte (or 4 KiB) messages in one write and runs the
+loop until every echo is back, so the figure is the server's read -> parse -> stages ->
+handler -> encode -> write path plus a little client-side reading. Compare runs with
+`pytest bench/test_connection.py --benchmark-only --benchmark-autosave` and
+`--benchmark-compare`.
+"""
+
+import socket
+
+import pytest
+
+import fastws
+from fastws import Frame, FrameParser, OpCode, encode_frame
+from fastws.connection import Connection, Limits
+
+BATCH = 1000
+
+
+class Echo:
+    def on_frame(self, conn, frame):
+        conn.send(Frame(opcode=frame.opcode, data=frame.data))
+
+
+def make_pair(loop):
+    server_sock, client_sock = socket.socketpair()
+    for sock in (server_sock, client_sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    conn = Connection(loop, server_sock, Echo(), is_client=False,
+                      limits=Limits(handshake_timeout=None))
+    conn.start()
+    conn._awaiting = fastws.Request("GET", "/", [
+        ("Host", "x"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")])
+    conn.upgrade(fastws.accept(conn._awaiting))
+    client_sock.setblocking(False)
+    return conn, client_sock
+
+
+@pytest.mark.parametrize("size", [32, 4096])
+def test_server_echo_path(benchmark, size):
+    loop = fastws.Loop()
+    conn, client = make_pair(loop)
+    head = b""
+    while b"\r\n\r\n" not in head:          # the 101 response
+        loop.run_once(0.01)
+        try:
+            head += client.recv(4096)
+        except BlockingIOError:
+            pass
+    batch = b"".join(encode_frame(OpCode.BINARY, b"x" * size, masking_key=0x1234567)
+                     for _ in range(BATCH))
+    received = []
+    parser = FrameParser(received.append, expect_mask=False)
+
+    def round_trip():
+        received.clear()
+        view = memoryview(batch)
+        while view:
+            try:
+                view = view[client.send(view):]
+            except BlockingIOError:
+                pass
+            loop.run_once(0)
+        while len(received) < BATCH:
+            loop.run_once(0)
+            try:
+                parser.feed(client.recv(1 << 20))
+            except BlockingIOError:
+                pass
+
+    benchmark.extra_info["messages_per_call"] = BATCH
+    benchmark(round_trip)
+    assert len(received) == BATCH and received[-1].data == b"x" * size
+    conn.abort()
+    client.close()
+    loop.close()
