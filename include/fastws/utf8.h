@@ -11,7 +11,8 @@
  * F0 and F4, the narrower range the next byte must fall in. That is what rejects
  * overlong forms (C0, C1, E0 80-9F, F0 80-8F), UTF-16 surrogates (ED A0-BF) and
  * code points above U+10FFFF (F4 90-BF, F5-FF). REJECT is sticky. Runs of ASCII
- * are skipped 16 bytes at a time while no sequence is open.
+ * are skipped 16 bytes at a time, and whole characters checked at once, while no
+ * sequence is open.
  */
 #ifndef FASTWS_UTF8_H
 #define FASTWS_UTF8_H
@@ -22,7 +23,7 @@
 
 enum {
     FASTWS_UTF8_ACCEPT = 0,   /* between characters: a valid place to stop */
-    FASTWS_UTF8_REJECT = 1,   /* invalid input seen; stays here */
+    FASTWS_UTF8_REJECT = 12,  /* invalid input seen; stays here */
 };
 
 /* Byte classes: 0 ASCII, 1 80-8F, 2 90-9F, 3 A0-BF, 4 never valid (C0 C1 F5-FF),
@@ -38,47 +39,85 @@ static const uint8_t fastws_utf8_class[256] = {
     6,7,7,7,7,7,7,7,7,7,7,7,7,8,7,7,9,10,10,10,11,4,4,4,4,4,4,4,4,4,4,4,
 };
 
-/* States: 0 accept, 1 reject, 2 one continuation due, 3 two due, 4 after E0,
- * 5 after ED, 6 three due, 7 after F0, 8 after F4. */
-static const uint8_t fastws_utf8_next[9][12] = {
-    /*        asc 80 90 A0 bad C2 E0 E1 ED F0 F1 F4 */
-    /* 0 */ {  0,  1, 1, 1,  1, 2, 4, 3, 5, 7, 6, 8 },
-    /* 1 */ {  1,  1, 1, 1,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 2 */ {  1,  0, 0, 0,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 3 */ {  1,  2, 2, 2,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 4 */ {  1,  1, 1, 2,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 5 */ {  1,  2, 2, 1,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 6 */ {  1,  3, 3, 3,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 7 */ {  1,  1, 3, 3,  1, 1, 1, 1, 1, 1, 1, 1 },
-    /* 8 */ {  1,  3, 1, 1,  1, 1, 1, 1, 1, 1, 1, 1 },
+/* A state is the offset of its row (state number x 12), so a step is one add and one
+ * load. States: 0 accept, 12 reject, 24 one continuation due, 36 two due, 48 after E0,
+ * 60 after ED, 72 three due, 84 after F0, 96 after F4. */
+static const uint8_t fastws_utf8_next[9 * 12] = {
+    /*       asc  80  90  A0 bad  C2  E0  E1  ED  F0  F1  F4 */
+    /*  0 */  0, 12, 12, 12, 12, 24, 48, 36, 60, 84, 72, 96,
+    /* 12 */ 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 24 */ 12,  0,  0,  0, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 36 */ 12, 24, 24, 24, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 48 */ 12, 12, 12, 24, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 60 */ 12, 24, 24, 12, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 72 */ 12, 36, 36, 36, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 84 */ 12, 12, 36, 36, 12, 12, 12, 12, 12, 12, 12, 12,
+    /* 96 */ 12, 36, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12,
 };
 
 /* Feed n bytes, starting from `state` (FASTWS_UTF8_ACCEPT for a new message);
- * returns the state after them. Stops early once the input is rejected. */
+ * returns the state after them. Stops early once the input is rejected.
+ *
+ * Between characters, whole sequences are checked at once (ASCII 16 bytes at a time,
+ * then one 2-, 3- or 4-byte character per step, with the exact ranges of RFC 3629):
+ * unlike the automaton, these steps do not wait on each other. Whatever they do not
+ * accept (an invalid byte, or a character cut by the end of the chunk) goes through
+ * the automaton, which decides it and carries an open character to the next call. */
 static inline uint32_t fastws_utf8_feed(uint32_t state, const uint8_t *s, size_t n)
 {
     const uint64_t high_bits = 0x8080808080808080ULL;
     size_t i = 0;
+    /* Finish a character left open by the previous chunk. */
+    while (i < n && state != FASTWS_UTF8_ACCEPT && state != FASTWS_UTF8_REJECT)
+        state = fastws_utf8_next[state + fastws_utf8_class[s[i++]]];
+    if (state == FASTWS_UTF8_REJECT)
+        return state;
     while (i < n) {
-        if (state == FASTWS_UTF8_ACCEPT) {
-            /* ASCII fast path: skip 16 bytes whenever none has its high bit set. */
-            while (i + 16 <= n) {
-                uint64_t a, b;
-                memcpy(&a, s + i, 8);
-                memcpy(&b, s + i + 8, 8);
-                if ((a | b) & high_bits)
-                    break;
-                i += 16;
-            }
-            while (i < n && s[i] < 0x80)
-                i++;
-            if (i == n)
+        while (i + 16 <= n) {
+            uint64_t a, b;
+            memcpy(&a, s + i, 8);
+            memcpy(&b, s + i + 8, 8);
+            if ((a | b) & high_bits)
                 break;
+            i += 16;
         }
-        state = fastws_utf8_next[state][fastws_utf8_class[s[i]]];
-        if (state == FASTWS_UTF8_REJECT)
+        if (i >= n)
             break;
-        i++;
+        uint8_t c = s[i];
+        size_t left = n - i;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (left >= 2 && (s[i + 1] & 0xC0) == 0x80) {
+                i += 2;
+                continue;
+            }
+        } else if ((c & 0xF0) == 0xE0) {
+            if (left >= 3) {
+                uint8_t lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+                if (s[i + 1] >= lo && s[i + 1] <= hi && (s[i + 2] & 0xC0) == 0x80) {
+                    i += 3;
+                    continue;
+                }
+            }
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (left >= 4) {
+                uint8_t lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+                if (s[i + 1] >= lo && s[i + 1] <= hi && (s[i + 2] & 0xC0) == 0x80
+                        && (s[i + 3] & 0xC0) == 0x80) {
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        /* Invalid here, or cut short by the end of the chunk: the automaton decides. */
+        do {
+            state = fastws_utf8_next[state + fastws_utf8_class[s[i++]]];
+        } while (i < n && state != FASTWS_UTF8_ACCEPT && state != FASTWS_UTF8_REJECT);
+        if (state == FASTWS_UTF8_REJECT)
+            return state;
     }
     return state;
 }
