@@ -690,14 +690,18 @@ cdef class FrameParser:
             raise
         return 0
 
-    cdef int fail(self, int code, str reason) except -1:
-        """Report a violation once; all later input is ignored."""
-        if self._state == ST_FAILED:
-            return 0
+    def stop(self):
+        """Ignore all further input (the connection is closing), reporting nothing."""
         self._state = ST_FAILED
         self._payload = None
         self._backlog = None
         self._header_len = self._filled = self._capacity = 0
+
+    cdef int fail(self, int code, str reason) except -1:
+        """Report a violation once; all later input is ignored."""
+        if self._state == ST_FAILED:
+            return 0
+        self.stop()
         return self.handle_error(code, reason)
 
     cdef int handle_frame(self, bint fin, int rsv, int opcode, bint masked,
