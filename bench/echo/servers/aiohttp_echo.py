@@ -1,0 +1,29 @@
+"""aiohttp echo server (web.Application + WebSocketResponse), compression off.
+
+python aiohttp_echo.py --port P
+"""
+import argparse
+
+from aiohttp import WSMsgType, web
+
+
+async def handler(request):
+    ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024 * 1024, autoping=True)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+        elif msg.type == WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+    return ws
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    app = web.Application()
+    app.router.add_get("/", handler)
+    web.run_app(app, host=args.host, port=args.port, print=lambda *a: print("listening", flush=True),
+                access_log=None)
