@@ -3,6 +3,7 @@
  * Build:  cc -O2 -o loadgen loadgen.c
  * Usage:  loadgen --port P [--host 127.0.0.1] [--path /] [--mode ws|raw|idle]
  *                 [--conns N] [--inflight K] [--size BYTES] [--duration S] [--warmup S]
+ *                 [--count M]
  *
  * ws:   opens N connections, does the RFC 6455 handshake on each (checks the 101 and
  *       Sec-WebSocket-Accept), then keeps K binary messages of SIZE bytes in flight on each
@@ -15,6 +16,8 @@
  * After WARMUP seconds the counters are reset and messages completed during DURATION seconds are
  * counted. Then sending stops, in-flight messages are drained, and each connection is closed with
  * the closing handshake (ws). One JSON line on stdout describes the run.
+ * With --count M (no warm-up), each connection sends exactly M messages; the run is timed from
+ * the first send to the last echo.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -126,6 +129,12 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 static void die(const char *fmt, const char *arg) {
     fprintf(stderr, "loadgen: ");
     fprintf(stderr, fmt, arg);
@@ -142,6 +151,7 @@ static const char *opt_host = "127.0.0.1", *opt_path = "/";
 static int opt_port = 0, opt_mode = MODE_WS, opt_conns = 1, opt_inflight = 1;
 static size_t opt_size = 32;
 static double opt_duration = 2.0, opt_warmup = 0.5;
+static uint64_t opt_count = 0;  /* > 0: send exactly this many messages per connection, then stop */
 
 /* Message payloads: message `seq` is bytes pattern[(seq & 255) ...] with its first 8 bytes
  * replaced by seq (little endian) when the message is that long. Regenerated for each check. */
@@ -202,6 +212,7 @@ static int sending = 1;
 static uint64_t measure_from, measure_to;
 static uint64_t count_measured, count_total, mismatches, protocol_errors;
 static uint64_t *lat;
+static double cpu_from = -1, cpu_to = -1;
 static size_t nlat, caplat;
 
 static int connect_one(void) {
@@ -307,7 +318,8 @@ static void queue_control(conn_t *c, uint8_t opcode, const uint8_t *data, size_t
 /* Append as many new messages as the in-flight limit and the buffer allow. */
 static void fill(conn_t *c) {
     if (c->soff == c->slen) c->soff = c->slen = 0;
-    while (sending && !c->closing && c->next_send_seq - c->next_recv_seq < (uint64_t)opt_inflight) {
+    while (sending && !c->closing && c->next_send_seq - c->next_recv_seq < (uint64_t)opt_inflight
+           && (!opt_count || c->next_send_seq < opt_count)) {
         size_t need = opt_size + (opt_mode == MODE_RAW ? 0 : 14);
         if (c->slen + need > c->scap) {
             if (c->soff == 0 && c->slen == 0) die("%s", "send buffer too small");
@@ -355,6 +367,7 @@ static void message_done(conn_t *c) {
     uint64_t seq = c->next_recv_seq++;
     count_total++;
     if (t >= measure_from && t < measure_to) {
+        if (cpu_from < 0) cpu_from = cpu_now();
         count_measured++;
         if (nlat == caplat) {
             caplat = caplat ? caplat * 2 : 1 << 16;
@@ -490,6 +503,7 @@ static int parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--size")) opt_size = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--duration")) opt_duration = atof(v);
         else if (!strcmp(a, "--warmup")) opt_warmup = atof(v);
+        else if (!strcmp(a, "--count")) opt_count = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "ws")) opt_mode = MODE_WS;
             else if (!strcmp(v, "raw")) opt_mode = MODE_RAW;
@@ -509,7 +523,7 @@ static int cmp_u64(const void *a, const void *b) {
 int main(int argc, char **argv) {
     if (parse_args(argc, argv) != 0) {
         fprintf(stderr, "usage: loadgen --port P [--host H] [--path /] [--mode ws|raw|idle] [--conns N]\n"
-                        "               [--inflight K] [--size BYTES] [--duration S] [--warmup S]\n");
+                        "               [--inflight K] [--size BYTES] [--duration S] [--warmup S] [--count M]\n");
         return 64;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -555,15 +569,14 @@ int main(int argc, char **argv) {
             ssize_t r = read(0, tmp, sizeof tmp);
             if (r == 0 || (r < 0 && errno != EINTR)) break;
         }
-        struct epoll_event evs[256];
-        int n = epoll_wait(epfd, evs, 256, 0);
-        fprintf(stderr, "loadgen idle: %d connections with events at exit\n", n > 0 ? n : 0);
-        return 0;
+        /* then close every connection with the closing handshake, below */
     }
 
     uint64_t start = now_ns();
     measure_from = start + (uint64_t)(opt_warmup * 1e9);
     measure_to = measure_from + (uint64_t)(opt_duration * 1e9);
+    if (opt_mode == MODE_IDLE) { sending = 0; measure_from = measure_to = start; }
+    if (opt_count) { measure_from = start; measure_to = start + 3600000000000ULL; }
     for (int i = 0; i < opt_conns; i++) { fill(&conns[i]); flush(&conns[i]); }
 
     struct epoll_event evs[512];
@@ -573,8 +586,10 @@ int main(int argc, char **argv) {
     int timed_out = 0;
     while (live > 0) {
         uint64_t t = now_ns();
+        if (phase == 0 && opt_count && count_total == opt_count * (uint64_t)opt_conns) measure_to = t;
         if (phase == 0 && (t >= measure_to || stop_signal)) {
             phase = 1; sending = 0; phase_deadline = t + 10000000000ULL;
+            cpu_to = cpu_now();
         }
         if (phase == 1) {
             int pending = 0;
@@ -610,19 +625,28 @@ int main(int argc, char **argv) {
     uint64_t end = now_ns();
     double secs = (double)(measure_to - measure_from) / 1e9;
     if (end < measure_to) secs = (double)(end > measure_from ? end - measure_from : 1) / 1e9;
+    if (cpu_to < 0) cpu_to = cpu_now();
+    double cpu_used = cpu_from >= 0 ? cpu_to - cpu_from : 0;
     qsort(lat, nlat, sizeof *lat, cmp_u64);
     double p50 = nlat ? lat[nlat / 2] / 1e3 : 0, p99 = nlat ? lat[(size_t)(nlat * 0.99)] / 1e3 : 0;
     double mean = 0;
     for (size_t i = 0; i < nlat; i++) mean += lat[i];
     mean = nlat ? mean / nlat / 1e3 : 0;
+    if (opt_mode == MODE_IDLE) {
+        printf("{\"mode\": \"idle\", \"conns\": %d, \"closed\": true, \"errors\": %llu, \"close_timeout\": %s}\n",
+               opt_conns, (unsigned long long)protocol_errors, timed_out ? "true" : "false");
+        return protocol_errors || timed_out ? 1 : 0;
+    }
     int ok = mismatches == 0 && protocol_errors == 0 && count_measured > 0;
-    printf("{\"mode\": \"%s\", \"conns\": %d, \"inflight\": %d, \"size\": %zu, \"duration_s\": %.3f, "
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"inflight\": %d, \"size\": %zu, \"duration_s\": %.6f, "
            "\"messages\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.2f, \"total_messages\": %llu, "
            "\"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_mean_us\": %.1f, \"mismatches\": %llu, "
-           "\"errors\": %llu, \"close_timeout\": %s, \"connect_s\": %.3f, \"ok\": %s}\n",
+           "\"errors\": %llu, \"close_timeout\": %s, \"connect_s\": %.3f, \"cpu_us_per_msg\": %.3f, "
+           "\"cpu_pct\": %.1f, \"ok\": %s}\n",
            opt_mode == MODE_RAW ? "raw" : "ws", opt_conns, opt_inflight, opt_size, secs,
            (unsigned long long)count_measured, count_measured / secs, count_measured * (double)opt_size / secs / 1e6,
            (unsigned long long)count_total, p50, p99, mean, (unsigned long long)mismatches,
-           (unsigned long long)protocol_errors, timed_out ? "true" : "false", connect_s, ok ? "true" : "false");
+           (unsigned long long)protocol_errors, timed_out ? "true" : "false", connect_s,
+           cpu_used / (count_measured ? count_measured : 1) * 1e6, cpu_used / secs * 100, ok ? "true" : "false");
     return mismatches ? 2 : ok ? 0 : 1;
 }

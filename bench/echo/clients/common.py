@@ -32,6 +32,7 @@ class Meter:
         self.mismatches = 0
         self.latencies = []
         self.sending = True
+        self.cpu0 = self.cpu1 = None
 
     def next_payload(self):
         p = self.payloads[self.sent & 15]
@@ -50,11 +51,14 @@ class Meter:
             self.mismatches += 1
         self.total += 1
         if self.t0 <= now < self.t1:
+            if self.cpu0 is None:
+                self.cpu0 = time.process_time()
             self.count += 1
             if self.inflight == 1:
                 self.latencies.append(now - t)
-        if now >= self.t1:
+        if now >= self.t1 and self.sending:
             self.sending = False
+            self.cpu1 = time.process_time()
         return self.sending
 
     def report(self, client, **extra):
@@ -65,6 +69,8 @@ class Meter:
             "total_messages": self.total, "mismatches": self.mismatches,
             "lat_p50_us": lat[len(lat) // 2] * 1e6 if lat else None,
             "lat_p99_us": lat[int(len(lat) * 0.99)] * 1e6 if lat else None,
+            "cpu_us_per_msg": ((self.cpu1 - self.cpu0) / self.count * 1e6
+                               if self.count and self.cpu1 is not None else None),
             "ok": self.mismatches == 0 and self.count > 0,
         }
         out.update(extra)
