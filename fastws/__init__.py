@@ -23,6 +23,7 @@ from ._codec import (
 from ._version import __version__
 from .client import connect
 from .connection import Connection, Limits
+from .deflate import Deflate, DeflateOptions
 from .handshake import HandshakeError, accept
 from .http import Headers, HttpError, Request, Response
 from .loop import Loop, Timer, default_loop
@@ -49,6 +50,8 @@ __all__ = [
     "CloseCode",
     "Connection",
     "Consolidate",
+    "Deflate",
+    "DeflateOptions",
     "HandshakeError",
     "Headers",
     "HttpError",

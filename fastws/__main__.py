@@ -74,7 +74,7 @@ def run_echo(args: argparse.Namespace) -> int:
             children.append(pid)
     loop = fastws.Loop()
     server = fastws.serve(EchoHandler(), args.host, args.port, ssl=_server_ssl(args), loop=loop,
-                          reuse_port=workers > 1, **limits)
+                          reuse_port=workers > 1, compression=not args.no_compression, **limits)
     scheme = "wss" if args.certfile else "ws"
     print(f"fastws echo server on {scheme}://{server.host}:{server.port}/ (pid {os.getpid()})",
           flush=True)
@@ -153,7 +153,8 @@ def run_client(args: argparse.Namespace) -> int:
     loop = fastws.Loop()
     handler = ClientHandler(args.echo)
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
-    conn = fastws.connect(args.url, handler, ssl=context, loop=loop, **limits)
+    conn = fastws.connect(args.url, handler, ssl=context, loop=loop,
+                          compression=not args.no_compression, **limits)
     try:
         loop.run()
     except KeyboardInterrupt:
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--cafile", help="CA certificates to trust for wss:// (PEM)")
     client.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     client.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024)
+    client.add_argument("--no-compression", action="store_true",
+                        help="do not offer permessage-deflate")
     return parser
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from ._codec import CloseCode
 from .connection import Connection, Limits
-from .handshake import check_response, client_request, new_key, parse_ws_url
+from .deflate import CompressionSetting, Deflate, client_offer, deflate_options, negotiate_client
+from .handshake import (check_response, client_request, format_extensions, new_key,
+                        parse_ws_url)
 from .http import HeadersLike, Response
 from .loop import Loop, default_loop
 
@@ -26,11 +28,17 @@ __all__ = ["connect"]
 
 def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
             loop: Loop | None = None, subprotocols: Sequence[str] = (),
-            headers: HeadersLike = None, **limits: Any) -> Connection:
+            headers: HeadersLike = None, compression: CompressionSetting = True,
+            **limits: Any) -> Connection:
     """Start connecting to `url`; returns the Connection at once (its handshake runs on the loop).
 
     For wss:// URLs `ssl` defaults to `ssl.create_default_context()`. Every frame is
     masked with a fresh key from the OS's random source.
+
+    `compression` (True, False, a DeflateOptions or a dict of its fields) offers
+    permessage-deflate (default offer: `permessage-deflate; client_max_window_bits`); when
+    the server accepts, a Deflate stage joins the chain. An answer we cannot accept fails
+    the connection: `on_closed(conn, 1010, reason)`, the cause in `conn.error`.
     """
     secure, host, port, resource = parse_ws_url(url)
     if secure and ssl is None:
@@ -39,6 +47,8 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
         raise ValueError("an SSL context was given for a ws:// URL; use wss://")
     loop = loop if loop is not None else default_loop()
     settings = Limits().updated(limits)
+    options = deflate_options(compression, is_client=True)
+    offer = client_offer(options) if options is not None else None
     family, type_, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, type_, proto)
     sock.setblocking(False)
@@ -51,10 +61,16 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
                       server_hostname=host if secure else None)
     key = new_key()
     request = client_request(host, port, resource, key, secure=secure,
-                             subprotocols=subprotocols, headers=headers)
+                             subprotocols=subprotocols, headers=headers,
+                             extensions=format_extensions([("permessage-deflate", offer)])
+                             if offer is not None else None)
 
-    def check(response: Response) -> None:
-        check_response(response, key, subprotocols=subprotocols)
+    def check(response: Response) -> Deflate | None:
+        _, extensions = check_response(response, key, subprotocols=subprotocols,
+                                       extensions_offered=offer is not None)
+        if offer is None or options is None:
+            return None
+        return negotiate_client(extensions, offer, options)
 
     def established() -> None:
         conn._begin_client_handshake(request, key, check)

@@ -32,9 +32,10 @@ from ._codec import (
     encode_frame,
     parse_close,
 )
-from .handshake import HandshakeError, accept, check_request
+from .handshake import HandshakeError, accept, check_request, format_extensions, parse_extensions
 from .http import HttpError, Request, RequestParser, Response, ResponseParser
 from .loop import Loop, Timer
+from .deflate import EXTENSION_NAME, Deflate, deflate_options, negotiate_server
 from .stages import AutoPong, Consolidate, Stage
 
 __all__ = ["Connection", "Limits"]
@@ -236,7 +237,8 @@ class Connection:
             self.flush()
 
     def upgrade(self, response: Response, handler: Any = None, *,
-                stages: Sequence[Stage] | None = None, **limits: Any) -> bool:
+                stages: Sequence[Stage] | None = None, compression: Any = None,
+                **limits: Any) -> bool:
         """Answer the current upgrade request with `response` (a 101) and switch to WebSocket.
 
         The response goes out and the connection changes mode in one step: frames the
@@ -245,6 +247,14 @@ class Connection:
         the default chain (Consolidate, AutoPong); `limits` override max_frame_size,
         max_message_size, close_timeout, ... for this connection. When the request is not
         a valid upgrade, answers 400/426 itself and returns False.
+
+        permessage-deflate: when the request offers it and `compression` allows it (None,
+        the default: the server's `serve(compression=...)` setting; else True, False, a
+        DeflateOptions or a dict of its fields), the answer gets a Sec-WebSocket-Extensions
+        header and the negotiated Deflate stage goes into the chain: in place of a Deflate
+        found in `stages`, else just before Consolidate, else last. Without an agreement a
+        Deflate in `stages` is dropped. A response that already carries
+        Sec-WebSocket-Extensions is left alone: the application negotiated by itself.
         """
         request = self._awaiting
         if request is None or self.is_client:
@@ -264,14 +274,36 @@ class Connection:
         self.request = request
         self.response = response
         self.subprotocol = response.headers.get("sec-websocket-protocol")
+        deflate = self._negotiate_deflate(request, response, compression)  # permessage-deflate
         self._write(response.encode())
         held, self._held = self._held, None
-        self._start_websocket(stages)
+        self._start_websocket(stages, deflate)
         if held:
             self._frames_received(memoryview(held))
         if not self._corked:
             self.flush()
         return True
+
+    def _negotiate_deflate(self, request: Request, response: Response,
+                           compression: Any) -> Stage | None:
+        """permessage-deflate (server): add the answer's header, return the stage or None."""
+        if compression is None:
+            options = getattr(self.server, "compression", None)
+        else:
+            options = deflate_options(compression, is_client=False)
+        if options is None or response.headers.get("sec-websocket-extensions") is not None:
+            return None
+        try:
+            offers = parse_extensions(request.headers.get_all("sec-websocket-extensions"))
+        except ValueError:
+            return None          # a malformed header: answer without extensions
+        agreed = negotiate_server(offers, options)
+        if agreed is None:
+            return None
+        params, stage = agreed
+        response.headers.add("Sec-WebSocket-Extensions",
+                             format_extensions([(EXTENSION_NAME, params)]))
+        return stage
 
     def send(self, frame: Frame) -> None:
         """Send a frame through the stage chain (outbound). Raises if the connection is closing."""
@@ -587,7 +619,7 @@ class Connection:
     # ------------------------------------------------------------------ client handshake
 
     def _begin_client_handshake(self, request: Request, key: str,
-                                check: Callable[[Response], None]) -> None:
+                                check: Callable[[Response], Stage | None]) -> None:
         self.request = request
         self._client_check = check
         self._response_parser = ResponseParser(max_header_size=self.limits.max_header_size,
@@ -612,13 +644,14 @@ class Connection:
     def _on_response(self, response: Response) -> None:
         self.response = response
         try:
-            self._client_check(response)
+            deflate = self._client_check(response)     # a Deflate stage when negotiated
         except HandshakeError as exc:
             self.error = exc
-            self._finish(CloseCode.ABNORMAL, str(exc))
+            # 1010 when the server's permessage-deflate answer is unacceptable
+            self._finish(getattr(exc, "close_code", CloseCode.ABNORMAL), str(exc))
             return
         self.subprotocol = response.headers.get("sec-websocket-protocol")
-        self._start_websocket(None)
+        self._start_websocket(None, deflate)
 
     # ------------------------------------------------------------------ WebSocket mode
 
@@ -627,7 +660,8 @@ class Connection:
         self.max_frame_size = self.limits.max_frame_size
         self.max_message_size = self.limits.max_message_size
 
-    def _start_websocket(self, stages: Sequence[Stage] | None) -> None:
+    def _start_websocket(self, stages: Sequence[Stage] | None,
+                         deflate: Stage | None = None) -> None:
         self._mode = _WEBSOCKET
         self._http_parser = None
         self._response_parser = None
@@ -638,7 +672,18 @@ class Connection:
         self._parser = FrameParser(self._frame_parsed, self._frame_error,
                                    expect_mask=not self.is_client,
                                    max_frame_size=self.max_frame_size, validate_utf8=True)
-        for stage in (stages if stages is not None else (AutoPong(), Consolidate())):
+        chain = list(stages) if stages is not None else [AutoPong(), Consolidate()]
+        # permessage-deflate: RSV1 allowed; the negotiated Deflate replaces one given in
+        # `stages`, else goes before Consolidate, else last. Not negotiated: no Deflate.
+        index = next((i for i, stage in enumerate(chain) if isinstance(stage, Deflate)), -1)
+        if index < 0:
+            index = next((i for i, stage in enumerate(chain) if isinstance(stage, Consolidate)),
+                         len(chain))
+        chain = [stage for stage in chain if not isinstance(stage, Deflate)]
+        if deflate is not None:
+            self._parser.allowed_rsv = 4
+            chain.insert(index, deflate)
+        for stage in chain:
             self.add_stage(stage, len(self._stages))
         self._notify("on_upgraded")
 

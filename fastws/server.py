@@ -14,6 +14,7 @@ import ssl as ssl_module
 from typing import Any
 
 from .connection import Connection, Limits
+from .deflate import CompressionSetting, DeflateOptions, deflate_options
 from .loop import Loop, default_loop
 
 __all__ = ["Server", "serve"]
@@ -29,11 +30,13 @@ class Server:
     """A listening socket and the connections it accepted. Close with `close()`."""
 
     def __init__(self, loop: Loop, sock: socket.socket, handler: Any,
-                 ssl_context: ssl_module.SSLContext | None, limits: Limits) -> None:
+                 ssl_context: ssl_module.SSLContext | None, limits: Limits,
+                 compression: DeflateOptions | None = None) -> None:
         self.loop = loop
         self.handler = handler
         self.ssl_context = ssl_context
         self.limits = limits
+        self.compression = compression     # permessage-deflate settings; None: off
         self.connections: set[Connection] = set()
         self._sock: socket.socket | None = sock
         address = sock.getsockname()
@@ -107,17 +110,21 @@ class Server:
 
 def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
           ssl: ssl_module.SSLContext | None = None, loop: Loop | None = None,
-          backlog: int = 1024, reuse_port: bool = False, **limits: Any) -> Server:
+          backlog: int = 1024, reuse_port: bool = False,
+          compression: CompressionSetting = True, **limits: Any) -> Server:
     """Listen on host:port and serve HTTP/1.1 and WebSocket connections with `handler`.
 
     `handler.on_request(conn, request)` sees every HTTP request and answers it with
     `conn.respond(response)` or upgrades it with `conn.upgrade(fastws.accept(request))`;
     without on_request, upgrade requests are accepted and other requests get 404.
     `ssl` is a server-side `ssl.SSLContext`; `limits` override fields of `Limits`.
-    Port 0 picks a free port (see `server.port`).
+    Port 0 picks a free port (see `server.port`). `compression` (True, False, a
+    DeflateOptions or a dict of its fields) accepts permessage-deflate offers in
+    `conn.upgrade()` (which can override it per connection).
     """
     loop = loop if loop is not None else default_loop()
     settings = Limits().updated(limits)
+    options = deflate_options(compression, is_client=False)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, address = infos[0]
     sock = socket.socket(family, type_, proto)
@@ -131,4 +138,4 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     except BaseException:
         sock.close()
         raise
-    return Server(loop, sock, handler, ssl, settings)
+    return Server(loop, sock, handler, ssl, settings, options)

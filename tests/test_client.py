@@ -163,7 +163,10 @@ def test_bad_handshake_answer_fails_the_connection(case, crafted, loop, transpor
     answer, named = BAD_ANSWERS[case]
     server = crafted(answer)
     recorder = Recorder()
-    conn = fastws.connect(server.url, recorder, ssl=transport.client_ssl, loop=loop)
+    # compression=False: "extension not offered" must hold (permessage-deflate is offered by
+    # default; its negotiation failures are tested in test_deflate.py).
+    conn = fastws.connect(server.url, recorder, ssl=transport.client_ssl, loop=loop,
+                          compression=False)
     run_until(loop, lambda: recorder.closed)
     # Let any stray second report arrive before checking there is exactly one.
     run_until(loop, lambda: server.done.is_set())
@@ -200,7 +203,8 @@ def test_request_carries_key_host_and_headers(crafted, loop, transport):
     assert "websocket" in headers["upgrade"][0].lower()
     assert "upgrade" in headers["connection"][0].lower()
     assert "sec-websocket-protocol" not in headers
-    assert "sec-websocket-extensions" not in headers
+    # permessage-deflate is offered by default
+    assert headers["sec-websocket-extensions"] == ["permessage-deflate; client_max_window_bits"]
     assert conn.subprotocol is None
     conn.close()
     run_until(loop, lambda: recorder.closed)
