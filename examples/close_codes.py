@@ -102,12 +102,14 @@ def main() -> None:
                        loop=loop, compression=False)
     loop.call_later(10, loop.stop)
     loop.run()
-    loop.run_once(0.1)          # let the server side report its last closes
+    deadline = time.monotonic() + 5          # let the server side report its last closes
+    while not all(server_handler.closed.values()) and time.monotonic() < deadline:
+        loop.run_once(0.05)
     server.close()
     loop.close()
-    print(f"{'path':<10} {'client on_closed':<48} server on_closed")
     for path in SCENARIOS:
-        print(f"{path:<10} {str(results.get(path)):<48} {server_handler.closed[path]}")
+        print(f"{path}:\n    client on_closed {results.get(path)}\n"
+              f"    server on_closed {server_handler.closed[path]}")
     expected = {"/normal": 1000, "/too-big": 1009, "/bad-utf8": 1007, "/protocol": 1002,
                 "/crash": 1011, "/abort": 1006}
     for path, code in expected.items():
