@@ -62,10 +62,10 @@ class Sender:
         conn.loop.stop()
 
 
-def exchange(url: str, **options: object) -> Sender:
+def exchange(url: str, compression: bool = True) -> Sender:
     loop = fastws.Loop()
     sender = Sender()
-    fastws.connect(url, sender, loop=loop, **options)
+    fastws.connect(url, sender, loop=loop, compression=compression)
     loop.call_later(10, loop.stop)
     loop.run()
     loop.close()
