@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -149,3 +151,35 @@ def test_every_guide_is_in_the_index():
     for doc in sorted(DOCS.glob("*.md")):
         if doc.name != "index.md":
             assert f"({doc.name})" in index, f"docs/index.md does not link {doc.name}"
+
+
+def test_tls_guide_commands(tmp_path):
+    """The shell commands of docs/tls.md, with their directory and port changed."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", (DOCS / "tls.md").read_text(), re.S | re.M)
+    assert blocks[0].strip() == "python examples/tls.py"
+    make_certs, serve = blocks[1].strip().splitlines()
+    client = blocks[2].strip()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def adapt(command: str) -> str:
+        return (command.replace("/tmp/certs", str(tmp_path / "certs"))
+                .replace("python -m", f"{sys.executable} -m")
+                + (f" --port {port}" if " echo " in command else ""))
+
+    client = client.replace("127.0.0.1:9001", f"127.0.0.1:{port}")
+    subprocess.run(adapt(make_certs), shell=True, check=True, timeout=60, cwd=tmp_path,
+                   capture_output=True)
+    server = subprocess.Popen(adapt(serve), shell=True, cwd=tmp_path, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("fastws echo server on wss://")
+        result = subprocess.run(adapt(client), shell=True, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=30)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\n"
