@@ -38,7 +38,7 @@ class ProtocolError(Exception):
 class Frame:
     fin: bool
     rsv: int
-    data: Buffer
+    data: bytes           # received frames always carry bytes; any bytes-like may be set
     def __init__(
         self,
         fin: bool = True,
