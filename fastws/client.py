@@ -17,9 +17,20 @@ from typing import Any
 
 from ._codec import CloseCode
 from .connection import Connection, Limits
-from .deflate import CompressionSetting, Deflate, client_offer, deflate_options, negotiate_client
-from .handshake import (check_response, client_request, format_extensions, new_key,
-                        parse_ws_url)
+from .deflate import (
+    CompressionSetting,
+    Deflate,
+    client_offer,
+    deflate_options,
+    negotiate_client,
+)
+from .handshake import (
+    check_response,
+    client_request,
+    format_extensions,
+    new_key,
+    parse_ws_url,
+)
 from .http import HeadersLike, Response
 from .loop import Loop, default_loop
 

@@ -32,10 +32,16 @@ from ._codec import (
     encode_frame,
     parse_close,
 )
-from .handshake import HandshakeError, accept, check_request, format_extensions, parse_extensions
+from .deflate import EXTENSION_NAME, Deflate, deflate_options, negotiate_server
+from .handshake import (
+    HandshakeError,
+    accept,
+    check_request,
+    format_extensions,
+    parse_extensions,
+)
 from .http import HttpError, Request, RequestParser, Response, ResponseParser
 from .loop import Loop, Timer
-from .deflate import EXTENSION_NAME, Deflate, deflate_options, negotiate_server
 from .stages import AutoPong, Consolidate, Stage
 
 __all__ = ["Connection", "Limits"]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from ._codec import CloseCode, Frame, OpCode, Utf8Validator
 from .handshake import Extension, HandshakeError, format_extensions
@@ -55,7 +55,7 @@ _TAIL = b"\x00\x00\xff\xff"            # the end of a Z_SYNC_FLUSH, stripped by 
 _PARAMS = ("server_no_context_takeover", "client_no_context_takeover",
            "server_max_window_bits", "client_max_window_bits")
 
-Params = list[tuple[str, Union[str, None]]]
+Params = list[tuple[str, str | None]]
 
 
 class NegotiationError(HandshakeError):
@@ -117,7 +117,7 @@ class DeflateOptions:
                              "256-byte window; use 9..15")
 
 
-CompressionSetting = Union[bool, DeflateOptions, Mapping[str, Any], None]
+CompressionSetting = bool | DeflateOptions | Mapping[str, Any] | None
 
 
 def deflate_options(compression: CompressionSetting, *, is_client: bool) -> DeflateOptions | None:
@@ -410,18 +410,16 @@ class Deflate(Stage):
             self._reset_inbound()
             conn.fail(CloseCode.INVALID_DATA, f"invalid compressed data: {exc}")
             return None
-        if self._size > self.produced_max:
-            self.produced_max = self._size
+        self.produced_max = max(self.produced_max, self._size)
         if limit is not None and self._size > limit:
             self._reset_inbound()
             conn.fail(CloseCode.MESSAGE_TOO_BIG,
                       f"decompressed message exceeds max_message_size={limit}")
             return None
-        if self._text:
-            if not self._utf8.feed(out) or (fin and not self._utf8.finish()):
-                self._reset_inbound()
-                conn.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
-                return None
+        if self._text and (not self._utf8.feed(out) or (fin and not self._utf8.finish())):
+            self._reset_inbound()
+            conn.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
+            return None
         if fin:
             if decompressor.eof:
                 # The peer ended the deflate stream (BFINAL): the next message starts a new one.

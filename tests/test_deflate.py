@@ -20,7 +20,16 @@ import websockets.sync.server
 from conftest import TIMEOUT, RawClient, Recorder, run_until, wait_for
 
 import fastws
-from fastws import AutoPong, CloseCode, Consolidate, Deflate, DeflateOptions, Frame, OpCode, Stage
+from fastws import (
+    AutoPong,
+    CloseCode,
+    Consolidate,
+    Deflate,
+    DeflateOptions,
+    Frame,
+    OpCode,
+    Stage,
+)
 from fastws.__main__ import build_parser
 from fastws.deflate import (
     NegotiationError,
@@ -77,11 +86,11 @@ def answer_of(header: str, **options):
     (f"{PMD}; client_no_context_takeover", {}, PMD, (15, False, 15, False)),
     (PMD, {"client_no_context_takeover": True}, f"{PMD}; client_no_context_takeover",
      (15, False, 15, True)),
-    (f"{PMD}; server_no_context_takeover; client_no_context_takeover; "
-     "server_max_window_bits=9; client_max_window_bits=9",
+    ((f"{PMD}; server_no_context_takeover; client_no_context_takeover; "
+      "server_max_window_bits=9; client_max_window_bits=9"),
      {"client_no_context_takeover": True},
-     f"{PMD}; server_no_context_takeover; client_no_context_takeover; "
-     "server_max_window_bits=9; client_max_window_bits=9", (9, True, 9, True)),
+     (f"{PMD}; server_no_context_takeover; client_no_context_takeover; "
+      "server_max_window_bits=9; client_max_window_bits=9"), (9, True, 9, True)),
     ('permessage-deflate; server_max_window_bits="10"', {}, f"{PMD}; server_max_window_bits=10",
      (10, False, 15, False)),                    # quoted values are fine
     ("x-other, permessage-deflate", {}, PMD, (15, False, 15, False)),
@@ -371,11 +380,6 @@ class SpyingEcho(Recorder):
         conn.upgrade(fastws.accept(request), stages=[WireSpy(self.seen), AutoPong(), Consolidate()])
 
 
-class Collector(Recorder):
-    def on_upgraded(self, conn):
-        super().on_upgraded(conn)
-
-
 TEXT = ("Ein Zeichen für Kompression, das sich wiederholt. " * 300)
 BINARY = bytes(range(256)) * 64 + os.urandom(2048)
 
@@ -388,9 +392,9 @@ BITS = [(None, None), (9, 9), (10, 15), (15, 12)]
 @pytest.mark.parametrize("who_asks", ["client", "server"])
 def test_round_trip_our_client_our_server(start_server, loop, transport, server_reset,
                                           client_reset, server_bits, client_bits, who_asks):
-    settings = dict(server_no_context_takeover=server_reset,
-                    client_no_context_takeover=client_reset,
-                    server_max_window_bits=server_bits, client_max_window_bits=client_bits)
+    settings = {"server_no_context_takeover": server_reset,
+                "client_no_context_takeover": client_reset,
+                "server_max_window_bits": server_bits, "client_max_window_bits": client_bits}
     handler = SpyingEcho()
     server = start_server(handler, compression=settings if who_asks == "server" else True)
     client = Recorder()
@@ -434,20 +438,22 @@ def test_round_trip_our_client_our_server(start_server, loop, transport, server_
     assert ("in", OpCode.CONTINUATION, 0) in handler.seen
 
 
-def test_compression_off_on_either_side(start_server, loop, transport):
-    for server_setting, client_setting in ((False, True), (True, False)):
-        server = start_server(Recorder(echo=True), compression=server_setting)
-        client = Recorder()
-        conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop,
-                              compression=client_setting)
-        run_until(loop, lambda: client.upgraded or client.closed)
-        assert conn.find_stage(Deflate) is None
-        assert conn.response.headers.get("sec-websocket-extensions") is None
-        conn.send_text(TEXT)
-        run_until(loop, lambda: client.frames)
-        assert client.frames[0].string_data == TEXT
-        conn.close()
-        run_until(loop, lambda: client.closed)
+@pytest.mark.parametrize("server_setting, client_setting", [(False, True), (True, False)])
+def test_compression_off_on_either_side(start_server, loop, transport, server_setting,
+                                        client_setting):
+    server = start_server(Recorder(echo=True), compression=server_setting)
+    client = Recorder()
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop,
+                          compression=client_setting)
+    run_until(loop, lambda: client.upgraded or client.closed)
+    assert client.upgraded
+    assert conn.find_stage(Deflate) is None
+    assert conn.response.headers.get("sec-websocket-extensions") is None
+    conn.send_text(TEXT)
+    run_until(loop, lambda: client.frames)
+    assert client.frames[0].string_data == TEXT
+    conn.close()
+    run_until(loop, lambda: client.closed)
 
 
 def test_upgrade_can_override_the_server_setting(start_server, loop, transport):
@@ -534,7 +540,6 @@ def test_rsv1_without_negotiation_is_a_protocol_error(start_server, raw_client):
 def test_decompression_bomb_is_rejected_with_bounded_memory(start_server, raw_client, fragments):
     """100 MB of zeros deflate to ~100 KB; the server must stop at max_message_size + 1."""
     limit = 1024 * 1024
-    handler = SpyingEcho()
     stages: list[Deflate] = []
 
     class Capture(SpyingEcho):
