@@ -32,9 +32,11 @@ from .stages import AutoPing, AutoPong, Consolidate, Stage
 
 
 def get_include() -> str:
-    """The directory holding fastws' C headers (``#include "fastws/mask.h"``) and .pxd files.
+    """The directory holding fastws' C headers (``#include "fastws/mask.h"``).
 
-    Pass it to the compiler's include path (and Cython's) to embed the codec.
+    Pass it to the C compiler's include path to embed the codec; for ``cimport
+    fastws._codec``, Cython's include path needs the directory above the package,
+    ``os.path.dirname(os.path.dirname(fastws.__file__))``.
     """
     here = _os.path.dirname(_os.path.abspath(__file__))
     installed = _os.path.join(here, "include")

@@ -82,6 +82,13 @@ def encode_frame(
     rsv: int = 0,
     masking_key: int | Buffer | None = None,
 ) -> bytes: ...
+def frame_header(
+    opcode: int,
+    length: int,
+    fin: bool = True,
+    rsv: int = 0,
+    masking_key: int | Buffer | None = None,
+) -> bytes: ...
 def encode_into(
     out: bytearray,
     opcode: int,

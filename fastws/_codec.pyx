@@ -388,6 +388,21 @@ cpdef bytes encode_frame(int opcode, object data, bint fin=True, int rsv=0,
     return out
 
 
+def frame_header(int opcode, Py_ssize_t length, bint fin=True, int rsv=0, masking_key=None):
+    """Just the header of a frame whose payload (length bytes) is sent separately.
+
+    For large unmasked payloads: header and payload go out in one sendmsg() without
+    joining them. (A masked payload must be masked, so encode_frame() is the way then.)
+    """
+    cdef uint32_t key = 0
+    cdef bint masked = _parse_key(masking_key, &key)
+    cdef uint8_t header[14]
+    if length < 0:
+        raise ValueError("length must be >= 0")
+    return PyBytes_FromStringAndSize(
+        <char *>header, encode_header(header, fin, rsv, opcode, <uint64_t>length, masked, key))
+
+
 cpdef Py_ssize_t encode_into(bytearray out, int opcode, object data, bint fin=True,
                              int rsv=0, object masking_key=None) except -1:
     """Append one frame to `out` (for batching many frames into one write).

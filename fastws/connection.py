@@ -30,8 +30,10 @@ from ._codec import (
     ProtocolError,
     close_payload,
     encode_frame,
+    frame_header,
     parse_close,
 )
+from ._fastpath import FusedReader
 from .deflate import EXTENSION_NAME, Deflate, deflate_options, negotiate_server
 from .handshake import (
     HandshakeError,
@@ -49,6 +51,8 @@ __all__ = ["Connection", "Limits"]
 logger = logging.getLogger("fastws")
 
 _READ_SIZE = 256 * 1024
+# Payloads at least this big are sent beside their header instead of copied behind it.
+_SEPARATE_PAYLOAD = 64 * 1024
 _IOV_MAX = 512
 _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -136,7 +140,7 @@ class Connection:
                  limits: Limits, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, server: Any = None) -> None:
         self.loop = loop
-        self.handler = handler
+        self._handler = handler
         self.is_client = is_client
         self.limits = limits
         self.max_frame_size = limits.max_frame_size
@@ -166,7 +170,8 @@ class Connection:
         self._writing_paused = False
         self._shutdown_after_flush = False
         self._stages: list[Stage] = []
-        self._parser: FrameParser | None = None
+        self._parser: FusedReader | None = None
+        self._fused = False           # default chain fused into the parser (see _fastpath)
         self._http_parser: RequestParser | None = None
         self._response_parser: ResponseParser | None = None
         self._pending_requests: collections.deque[Request] = collections.deque()
@@ -186,6 +191,17 @@ class Connection:
                                                     self._on_handshake_timeout)
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def handler(self) -> Any:
+        """The object whose on_* methods this connection calls; may be replaced."""
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Any) -> None:
+        self._handler = handler
+        if self._parser is not None:
+            self._parser.handler_on_frame = getattr(handler, "on_frame", None)
 
     @property
     def is_open(self) -> bool:
@@ -317,18 +333,24 @@ class Connection:
             raise ConnectionError(f"cannot send: the WebSocket connection is {self._state_name()}")
         if frame.is_control and (len(frame.data) > 125 or not frame.fin):
             raise ValueError("control frames must be FIN and carry at most 125 bytes")
-        if self._stages:
-            self._stages[-1].on_frame_out(frame)
+        if self._fused or not self._stages:
+            self._write_frame(frame)          # the default chain passes frames out as they are
         else:
-            self._write_frame(frame)
+            self._stages[-1].on_frame_out(frame)
         if not self._corked:
             self.flush()
 
     def send_text(self, text: str) -> None:
-        self.send(Frame(opcode=OpCode.TEXT, data=text.encode("utf-8")))
+        if self._fused and self.is_open:
+            self._write_data(OpCode.TEXT, text.encode("utf-8"))
+        else:
+            self.send(Frame(opcode=OpCode.TEXT, data=text.encode("utf-8")))
 
     def send_binary(self, data: bytes | bytearray | memoryview) -> None:
-        self.send(Frame(opcode=OpCode.BINARY, data=data))
+        if self._fused and self.is_open:
+            self._write_data(OpCode.BINARY, data)
+        else:
+            self.send(Frame(opcode=OpCode.BINARY, data=data))
 
     def ping(self, data: bytes = b"") -> None:
         self.send(Frame(opcode=OpCode.PING, data=data))
@@ -363,7 +385,7 @@ class Connection:
             self._finish(CloseCode.ABNORMAL, reason)
             return
         logger.debug("fastws: failing %s: %s (%d)", self, reason, code)
-        self._input_closed = True
+        self._close_input()
         if not self._close_sent:
             self._send_close(close_payload(code, reason[:123]), code, reason)
         self._shutdown_when_flushed()
@@ -675,9 +697,10 @@ class Connection:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        self._parser = FrameParser(self._frame_parsed, self._frame_error,
-                                   expect_mask=not self.is_client,
-                                   max_frame_size=self.max_frame_size, validate_utf8=True)
+        self._parser = FusedReader(self, expect_mask=not self.is_client,
+                                   max_frame_size=self.max_frame_size,
+                                   max_message_size=self.max_message_size)
+        self._parser.handler_on_frame = getattr(self._handler, "on_frame", None)
         chain = list(stages) if stages is not None else [AutoPong(), Consolidate()]
         # permessage-deflate: RSV1 allowed; the negotiated Deflate replaces one given in
         # `stages`, else goes before Consolidate, else last. Not negotiated: no Deflate.
@@ -698,6 +721,19 @@ class Connection:
         for i, stage in enumerate(stages):
             stage._pass_in = stages[i + 1].on_frame_in if i + 1 < len(stages) else self._deliver
             stage._pass_out = stages[i - 1].on_frame_out if i > 0 else self._write_frame
+        # The default chain, exactly, runs fused in the parser; anything else in Python.
+        fused = (len(stages) == 2 and type(stages[0]) is AutoPong
+                 and type(stages[1]) is Consolidate and stages[1].max_message_size is None)
+        parser = self._parser
+        if parser is not None and parser.fused != fused:
+            if not fused:
+                partial = parser.take_partial_message()
+                consolidate = self.find_stage(Consolidate)
+                if partial is not None and isinstance(consolidate, Consolidate):
+                    consolidate._opcode, consolidate._rsv, consolidate._parts, \
+                        consolidate._size = partial
+            parser.fused = fused
+        self._fused = fused
 
     def _frame_parsed(self, frame: Frame) -> None:
         if self._input_closed:
@@ -709,6 +745,17 @@ class Connection:
 
     def _frame_error(self, code: int, reason: str) -> None:
         self.fail(code, reason)
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """AutoPong, fused: the pong carries the ping's payload."""
+        if not self._input_closed and not self._close_sent:
+            self._write_frame(Frame(opcode=OpCode.PONG, data=payload))
+
+    def _close_input(self) -> None:
+        """Stop reading frames: the connection is failing or closing."""
+        self._input_closed = True
+        if self._parser is not None:
+            self._parser.stop()
 
     def _deliver(self, frame: Frame) -> None:
         """The end of the inbound chain: close frames are ours, the rest is the handler's."""
@@ -728,7 +775,7 @@ class Connection:
             self.fail(exc.code, exc.reason)
             return
         self._close_received = True
-        self._input_closed = True
+        self._close_input()
         if not self._close_sent:
             self.close_code, self.close_reason = code, reason
             # Echo the code (RFC 6455 5.5.1); a close without a code gets one without a code.
@@ -766,15 +813,21 @@ class Connection:
 
     def _write_frame(self, frame: Frame) -> None:
         """The end of the outbound chain: encode (masking on a client) and queue."""
-        if self._mode == _CLOSED:
-            return
-        if self.is_client:
-            self._write(encode_frame(frame.opcode, frame.data, frame.fin, frame.rsv,
-                                     _mask_keys.next()))
-        else:
-            self._write(encode_frame(frame.opcode, frame.data, frame.fin, frame.rsv))
+        if self._mode != _CLOSED:
+            self._write_data(frame.opcode, frame.data, frame.fin, frame.rsv)
 
-    def _write(self, data: bytes | memoryview) -> None:
+    def _write_data(self, opcode: int, data: Any, fin: bool = True, rsv: int = 0) -> None:
+        if self.is_client:
+            # Masking is a copy anyway: header and masked payload in one buffer.
+            self._write(encode_frame(opcode, data, fin, rsv, _mask_keys.next()))
+        elif len(data) >= _SEPARATE_PAYLOAD and not self._tls:
+            # Large payloads are not copied: header and payload leave in one sendmsg().
+            self._write(frame_header(opcode, len(data), fin, rsv), corked=True)
+            self._write(data if type(data) is bytes else bytes(data))
+        else:
+            self._write(encode_frame(opcode, data, fin, rsv))
+
+    def _write(self, data: bytes | memoryview, corked: bool = False) -> None:
         if not data or self._mode == _CLOSED:
             return
         self._write_queue.append(data)
@@ -782,7 +835,7 @@ class Connection:
         if not self._writing_paused and self._write_size > self.limits.write_high_water:
             self._writing_paused = True
             self._notify("on_pause_writing")
-        if not self._corked:
+        if not (self._corked or corked):
             self.flush()
 
     def flush(self) -> None:
@@ -856,7 +909,7 @@ class Connection:
         if self._mode == _CLOSED:
             return
         self._shutdown_after_flush = False
-        self._input_closed = True
+        self._close_input()
         if self._tls:
             self._finish(self.close_code or CloseCode.ABNORMAL, self.close_reason)
             return
