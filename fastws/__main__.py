@@ -51,6 +51,14 @@ class EchoHandler:
         if frame.opcode in (OpCode.TEXT, OpCode.BINARY) and conn.is_open:
             conn.send(Frame(fin=frame.fin, opcode=frame.opcode, data=frame.data))
 
+    # Back-pressure: a client that sends but does not read its echoes is not read
+    # either, so the server's memory for it stays near the write buffer's high water.
+    def on_pause_writing(self, conn: Connection) -> None:
+        conn.pause_reading()
+
+    def on_resume_writing(self, conn: Connection) -> None:
+        conn.resume_reading()
+
 
 def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not args.certfile:
@@ -61,7 +69,9 @@ def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def run_echo(args: argparse.Namespace) -> int:
-    limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
+    limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size,
+              "handshake_timeout": args.handshake_timeout, "idle_timeout": args.idle_timeout,
+              "close_timeout": args.close_timeout}
     workers = max(1, args.workers)
     children: list[int] = []
     if workers > 1:
@@ -74,7 +84,8 @@ def run_echo(args: argparse.Namespace) -> int:
             children.append(pid)
     loop = fastws.Loop()
     server = fastws.serve(EchoHandler(), args.host, args.port, ssl=_server_ssl(args), loop=loop,
-                          reuse_port=workers > 1, compression=not args.no_compression, **limits)
+                          reuse_port=workers > 1, compression=not args.no_compression,
+                          origins=args.origin, max_connections=args.max_connections, **limits)
     scheme = "wss" if args.certfile else "ws"
     print(f"fastws echo server on {scheme}://{server.host}:{server.port}/ (pid {os.getpid()})",
           flush=True)
@@ -82,11 +93,18 @@ def run_echo(args: argparse.Namespace) -> int:
     def shut_down(signum: int, _frame: object) -> None:
         loop.call_soon_threadsafe(stop)
 
+    deadline = 0.0
+
     def stop() -> None:
+        # Graceful: every WebSocket gets 1001 and close_timeout to answer, then we exit.
+        nonlocal deadline
+        deadline = loop.time() + args.close_timeout + 0.5
         server.close()
-        if server.connections:
-            # Give open WebSockets a moment to finish their closing handshakes.
-            loop.call_later(1.0, loop.stop)
+        wait_for_connections()
+
+    def wait_for_connections() -> None:
+        if server.connections and loop.time() < deadline:
+            loop.call_later(0.02, wait_for_connections)
         else:
             loop.stop()
 
@@ -187,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not negotiate permessage-deflate")
     echo.add_argument("--workers", type=int, default=1,
                       help="processes sharing the port with SO_REUSEPORT (default 1)")
+    echo.add_argument("--max-connections", type=int, default=None,
+                      help="pause accepting above this many open connections")
+    echo.add_argument("--handshake-timeout", type=float, default=10.0,
+                      help="seconds for TLS and the first request (default 10)")
+    echo.add_argument("--idle-timeout", type=float, default=60.0,
+                      help="seconds an idle HTTP keep-alive connection stays open (default 60)")
+    echo.add_argument("--close-timeout", type=float, default=5.0,
+                      help="seconds to wait for the peer's close frame (default 5)")
+    echo.add_argument("--origin", action="append", default=None,
+                      help="allowed Origin for WebSocket upgrades (repeatable; default: any)")
 
     client = commands.add_parser("client", help="connect to a WebSocket server")
     client.add_argument("url")

@@ -67,9 +67,15 @@ class Limits:
     max_frame_size: int | None = 4 * 1024 * 1024
     max_message_size: int | None = 4 * 1024 * 1024
     close_timeout: float = 5.0
+    # The TLS handshake plus the first request (server) or the whole opening handshake
+    # (client) must complete within this; slow or silent peers are dropped.
     handshake_timeout: float | None = 10.0
+    # A plain HTTP keep-alive connection with no request for this long is closed.
+    idle_timeout: float | None = 60.0
     write_high_water: int = 256 * 1024
     write_low_water: int = 64 * 1024
+    # Unsent data beyond this fails the connection with 1008 (the peer is not reading).
+    max_write_buffer: int | None = 64 * 1024 * 1024
     max_request_line: int = 8192
     max_header_size: int = 16384
     max_headers: int = 100
@@ -169,6 +175,7 @@ class Connection:
         self._corked = False
         self._writing_paused = False
         self._shutdown_after_flush = False
+        self._overflowed = False
         self._stages: list[Stage] = []
         self._parser: FusedReader | None = None
         self._fused = False           # default chain fused into the parser (see _fastpath)
@@ -182,6 +189,7 @@ class Connection:
         self._input_closed = False
         self._closing_timer: Timer | None = None
         self._handshake_timer: Timer | None = None
+        self._idle_timer: Timer | None = None
         self._closed_reported = False
         self._on_established: Callable[[], None] | None = None
         self._ssl_context = ssl_context
@@ -257,6 +265,19 @@ class Connection:
         if not self._corked:
             self._dispatch_requests()
             self.flush()
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if (self.limits.idle_timeout is not None and self._idle_timer is None
+                and self._mode == _HTTP and self._awaiting is None
+                and not self._pending_requests):
+            self._idle_timer = self.loop.call_later(self.limits.idle_timeout,
+                                                    self._on_idle_timeout)
+
+    def _on_idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self._mode == _HTTP and self._awaiting is None and not self._pending_requests:
+            self._finish(CloseCode.ABNORMAL, "idle keep-alive connection")
 
     def upgrade(self, response: Response, handler: Any = None, *,
                 stages: Sequence[Stage] | None = None, compression: Any = None,
@@ -287,6 +308,10 @@ class Connection:
             check_request(request)
         except HandshakeError as exc:
             self._reject(exc.response())
+            return False
+        origins = getattr(self.server, "origins", None)
+        if origins is not None and request.headers.get("origin") not in origins:
+            self._reject(Response.text(403, "Forbidden: this origin may not open a WebSocket\n"))
             return False
         self._awaiting = None
         if handler is not None:
@@ -555,6 +580,9 @@ class Connection:
         if mode == _WEBSOCKET:
             self._frames_received(data)
         elif mode == _HTTP:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             if self._held is not None:
                 self._held += data
                 self._check_held()
@@ -832,11 +860,34 @@ class Connection:
             return
         self._write_queue.append(data)
         self._write_size += len(data)
+        cap = self.limits.max_write_buffer
+        if cap is not None and self._write_size > cap and not self._overflowed:
+            self._overflow()
+            return
         if not self._writing_paused and self._write_size > self.limits.write_high_water:
             self._writing_paused = True
             self._notify("on_pause_writing")
         if not (self._corked or corked):
             self.flush()
+
+    def _overflow(self) -> None:
+        """The peer does not read: drop what it has not started to receive, fail with 1008.
+
+        A frame already partly sent stays (cutting it would corrupt the stream); every
+        later one is dropped, and the close frame goes out behind it.
+        """
+        self._overflowed = True
+        logger.warning("fastws: %s: more than %d bytes unsent; closing (1008)", self,
+                       self.limits.max_write_buffer)
+        queue = self._write_queue
+        keep = [queue[0]] if queue and isinstance(queue[0], memoryview) else []
+        queue.clear()
+        queue.extend(keep)
+        self._write_size = sum(len(chunk) for chunk in keep)
+        if self._mode == _WEBSOCKET:
+            self.fail(CloseCode.POLICY_VIOLATION, "write buffer overflow: the peer is not reading")
+        else:
+            self._finish(CloseCode.ABNORMAL, "write buffer overflow")
 
     def flush(self) -> None:
         """Send what is queued now (writes made during a read are flushed after it)."""
@@ -929,10 +980,10 @@ class Connection:
             return
         was_websocket = self._parser is not None or self.is_client
         self._mode = _CLOSED
-        for timer in (self._closing_timer, self._handshake_timer):
+        for timer in (self._closing_timer, self._handshake_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
-        self._closing_timer = self._handshake_timer = None
+        self._closing_timer = self._handshake_timer = self._idle_timer = None
         loop = self.loop
         if not loop.is_closed:
             loop.remove_reader(self._sock)

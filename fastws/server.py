@@ -11,6 +11,7 @@ import errno
 import logging
 import socket
 import ssl as ssl_module
+from collections.abc import Collection
 from typing import Any
 
 from .connection import Connection, Limits
@@ -31,8 +32,13 @@ class Server:
 
     def __init__(self, loop: Loop, sock: socket.socket, handler: Any,
                  ssl_context: ssl_module.SSLContext | None, limits: Limits,
-                 compression: DeflateOptions | None = None) -> None:
+                 compression: DeflateOptions | None = None,
+                 origins: Collection[str | None] | None = None,
+                 max_connections: int | None = None) -> None:
         self.loop = loop
+        self.origins = origins             # allowed Origin values for upgrades; None: any
+        self.max_connections = max_connections
+        self._accepting = True
         self.handler = handler
         self.ssl_context = ssl_context
         self.limits = limits
@@ -63,8 +69,9 @@ class Server:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: retrying at once would spin; wait a bit.
                     logger.warning("fastws: cannot accept (%s); pausing accepts for 100 ms", exc)
-                    self.loop.remove_reader(listener)
+                    self._pause_accepting()
                     self.loop.call_later(0.1, self._resume_accepting)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
@@ -78,17 +85,38 @@ class Server:
                               limits=self.limits, ssl_context=self.ssl_context, server=self)
             self.connections.add(conn)
             conn.start()
+            if self.max_connections is not None and len(self.connections) >= self.max_connections:
+                # At the limit: leave new connections in the kernel's backlog until one closes.
+                self._pause_accepting()
+                return
+
+    def _pause_accepting(self) -> None:
+        if self._accepting and self._sock is not None:
+            self._accepting = False
+            self.loop.remove_reader(self._sock)
 
     def _resume_accepting(self) -> None:
-        if self._sock is not None:
-            self.loop.add_reader(self._sock, self._on_acceptable)
+        if self._accepting or self._sock is None:
+            return
+        if self.max_connections is not None and len(self.connections) >= self.max_connections:
+            return
+        self._accepting = True
+        self.loop.add_reader(self._sock, self._on_acceptable)
 
     def _connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        if not self._accepting:
+            self._resume_accepting()
 
     def close(self) -> None:
-        """Stop accepting and close every connection (WebSockets get 1001 Going Away)."""
+        """Stop accepting and close every connection gracefully.
+
+        Open WebSockets get a close frame with 1001 (Going Away) and `close_timeout` seconds
+        to answer before their TCP connection is dropped; connections still in HTTP mode
+        are closed at once. `server.connections` empties as they finish.
+        """
         if self._sock is not None:
+            self._accepting = False
             self.loop.remove_reader(self._sock)
             self._sock.close()
             self._sock = None
@@ -111,7 +139,9 @@ class Server:
 def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
           ssl: ssl_module.SSLContext | None = None, loop: Loop | None = None,
           backlog: int = 1024, reuse_port: bool = False,
-          compression: CompressionSetting = True, **limits: Any) -> Server:
+          compression: CompressionSetting = True,
+          origins: Collection[str | None] | None = None,
+          max_connections: int | None = None, **limits: Any) -> Server:
     """Listen on host:port and serve HTTP/1.1 and WebSocket connections with `handler`.
 
     `handler.on_request(conn, request)` sees every HTTP request and answers it with
@@ -120,7 +150,10 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     `ssl` is a server-side `ssl.SSLContext`; `limits` override fields of `Limits`.
     Port 0 picks a free port (see `server.port`). `compression` (True, False, a
     DeflateOptions or a dict of its fields) accepts permessage-deflate offers in
-    `conn.upgrade()` (which can override it per connection).
+    `conn.upgrade()` (which can override it per connection). `origins`: the Origin
+    header values allowed to open a WebSocket (None in the list allows requests without
+    one); others get 403. `max_connections`: above it, accepting pauses until a
+    connection closes.
     """
     loop = loop if loop is not None else default_loop()
     settings = Limits().updated(limits)
@@ -138,4 +171,4 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     except BaseException:
         sock.close()
         raise
-    return Server(loop, sock, handler, ssl, settings, options)
+    return Server(loop, sock, handler, ssl, settings, options, origins, max_connections)
