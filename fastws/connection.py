@@ -850,8 +850,9 @@ class Connection:
             self._write(encode_frame(opcode, data, fin, rsv, _mask_keys.next()))
         elif len(data) >= _SEPARATE_PAYLOAD and not self._tls:
             # Large payloads are not copied: header and payload leave in one sendmsg().
+            # (A memoryview marks the payload as the rest of a frame: see _overflow.)
             self._write(frame_header(opcode, len(data), fin, rsv), corked=True)
-            self._write(data if type(data) is bytes else bytes(data))
+            self._write(memoryview(data if type(data) is bytes else bytes(data)))
         else:
             self._write(encode_frame(opcode, data, fin, rsv))
 
@@ -861,8 +862,10 @@ class Connection:
         self._write_queue.append(data)
         self._write_size += len(data)
         cap = self.limits.max_write_buffer
-        if cap is not None and self._write_size > cap and not self._overflowed:
-            self._overflow()
+        if cap is not None and self._write_size > cap and self._mode == _WEBSOCKET:
+            # Over the cap even within one callback: try the kernel now, and fail the
+            # connection if it will not take enough (see _send_queued).
+            self._send_queued()
             return
         if not self._writing_paused and self._write_size > self.limits.write_high_water:
             self._writing_paused = True
@@ -873,8 +876,10 @@ class Connection:
     def _overflow(self) -> None:
         """The peer does not read: drop what it has not started to receive, fail with 1008.
 
-        A frame already partly sent stays (cutting it would corrupt the stream); every
-        later one is dropped, and the close frame goes out behind it.
+        Checked after each send attempt, against what the kernel would not take.
+        A frame already partly sent stays (cutting it would corrupt the stream): the head of
+        the queue is a memoryview exactly then (the rest of a partial send, or a payload
+        whose header went out). Every later frame is dropped; the close frame follows.
         """
         self._overflowed = True
         logger.warning("fastws: %s: more than %d bytes unsent; closing (1008)", self,
@@ -930,6 +935,10 @@ class Connection:
                     queue[0] = memoryview(head)[sent:]
                     sent = 0
         if queue:
+            cap = self.limits.max_write_buffer
+            if cap is not None and self._write_size > cap and not self._overflowed:
+                self._overflow()
+                return
             if not self._writer_registered:
                 self._writer_registered = True
                 self.loop.add_writer(sock, self._on_writable)
@@ -948,6 +957,8 @@ class Connection:
 
     def _shutdown_when_flushed(self) -> None:
         self._shutdown_after_flush = True
+        # Bounded: a peer that does not read must not keep us waiting for the flush.
+        self._start_close_timer()
         if not self._write_queue and not self._corked:
             self._shutdown_output()
 
