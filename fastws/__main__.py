@@ -48,8 +48,10 @@ class EchoHandler:
             conn.respond(Response.text(404, "Not Found\n"))
 
     def on_frame(self, conn: Connection, frame: Frame) -> None:
-        if frame.opcode in (OpCode.TEXT, OpCode.BINARY) and conn.is_open:
-            conn.send(Frame(fin=frame.fin, opcode=frame.opcode, data=frame.data))
+        # Whole messages arrive here (Consolidate); the same frame object goes back out
+        # (the server never masks, whatever key the client used).
+        if frame.opcode <= OpCode.BINARY and conn.is_open:
+            conn.send(frame)
 
     # Back-pressure: a client that sends but does not read its echoes is not read
     # either, so the server's memory for it stays near the write buffer's high water.
