@@ -58,7 +58,8 @@ class Server:
         path = conn.request.path if conn.request else ""
         self.closed[path].append((int(code), reason))
         if path in self.close_started:
-            print(f"server: /deaf gave up after {time.monotonic() - self.close_started[path]:.2f} s")
+            waited = time.monotonic() - self.close_started[path]
+            print(f"server: /deaf gave up after {waited:.2f} s")
 
 
 class Client:

@@ -49,7 +49,8 @@ class FragmentSender:
     def on_upgraded(self, conn: Connection) -> None:
         data = TEXT.encode("utf-8")
         conn.send(Frame(fin=False, opcode=OpCode.TEXT, data=data[:7]))           # "Hello, "
-        conn.send(Frame(fin=False, opcode=OpCode.CONTINUATION, data=data[7:15]))  # "world " + 2/3 of €
+        # "world " and the first 2 of the 3 bytes of €
+        conn.send(Frame(fin=False, opcode=OpCode.CONTINUATION, data=data[7:15]))
         conn.send(Frame(fin=True, opcode=OpCode.CONTINUATION, data=data[15:]))    # the last byte
         conn.close()
 

@@ -79,7 +79,8 @@ def in_process(ca: trustme.CA) -> None:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def command_line(ca: trustme.CA) -> None:

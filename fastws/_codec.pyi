@@ -3,7 +3,7 @@
 import enum
 from collections.abc import Callable
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
 class OpCode(enum.IntEnum):
     CONTINUATION = 0
@@ -35,6 +35,7 @@ class ProtocolError(Exception):
     reason: str
     def __init__(self, code: int, reason: str) -> None: ...
 
+@disjoint_base
 class Frame:
     fin: bool
     rsv: int
@@ -60,10 +61,11 @@ class Frame:
     @property
     def is_control(self) -> bool: ...
     def encode(self) -> bytes: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 def mask(data: Buffer, key: int | Buffer) -> bytes: ...
 
+@disjoint_base
 class Utf8Validator:
     def __init__(self) -> None: ...
     def feed(self, data: Buffer) -> bool: ...
@@ -98,6 +100,7 @@ def encode_into(
     masking_key: int | Buffer | None = None,
 ) -> int: ...
 
+@disjoint_base
 class FrameParser:
     @property
     def on_frame(self) -> Callable[[Frame], object] | None: ...

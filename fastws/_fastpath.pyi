@@ -3,8 +3,11 @@
 from collections.abc import Callable
 from typing import Any
 
+from typing_extensions import disjoint_base
+
 from ._codec import Frame, FrameParser
 
+@disjoint_base
 class FusedReader(FrameParser):
     fused: bool
     handler_on_frame: Callable[[Any, Frame], object] | None

@@ -109,5 +109,6 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
         loop.add_writer(sock, connected)
     else:
         sock.close()
-        raise ConnectionError(err, f"cannot connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+        raise ConnectionError(
+            err, f"cannot connect to {host}:{port}: {errno.errorcode.get(err, err)}")
     return conn

@@ -20,12 +20,11 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._codec import (
     CloseCode,
     Frame,
-    FrameParser,
     OpCode,
     ProtocolError,
     close_payload,
@@ -45,6 +44,9 @@ from .handshake import (
 from .http import HttpError, Request, RequestParser, Response, ResponseParser
 from .loop import Loop, Timer
 from .stages import AutoPong, Consolidate, Stage
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["Connection", "Limits"]
 
@@ -362,12 +364,13 @@ class Connection:
         if self._mode != _WEBSOCKET or self._close_sent:
             raise ConnectionError(f"cannot send: the WebSocket connection is {self._state_name()}")
         opcode = frame.opcode
-        data = frame.data
-        if opcode >= 8 and (len(data) > 125 or not frame.fin):
+        data: Buffer = frame.data     # received frames carry bytes; one built to send, any buffer
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if opcode >= 8 and (size > 125 or not frame.fin):
             raise ValueError("control frames must be FIN and carry at most 125 bytes")
         if self._fused or not self._stages:
             # The default chain passes frames out as they are: straight to the encoder.
-            if self.is_client or len(data) >= _SEPARATE_PAYLOAD:
+            if self.is_client or size >= _SEPARATE_PAYLOAD:
                 self._write_data(opcode, data, frame.fin, frame.rsv)
             else:
                 self._write(encode_frame(opcode, data, frame.fin, frame.rsv))
@@ -438,15 +441,18 @@ class Connection:
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            if self._mode != _CLOSED:
+            # During the TLS handshake the handshake owns the socket's reader; reading
+            # starts when it is done (_established).
+            if self._mode not in (_CLOSED, _TLS_HANDSHAKE):
                 self._start_reading()
-                if self._tls and self._sock.pending():
+                sock = self._sock
+                if self._tls and isinstance(sock, ssl.SSLSocket) and sock.pending():
                     self.loop.call_soon(self._on_readable)
 
     # --- the stage chain
 
     def add_stage(self, stage: Stage, index: int = 0) -> None:
-        """Insert a stage; index 0 (default) is nearest the wire, len(stages) nearest the handler."""
+        """Insert a stage; index 0 (default) is nearest the wire, len(stages) the handler."""
         if stage.conn is not None:
             raise ValueError(f"{stage!r} is already in a chain")
         self._stages.insert(index if index >= 0 else len(self._stages) + 1 + index, stage)
@@ -580,7 +586,8 @@ class Connection:
                 self._dispatch_requests()
             self.flush()
             # TLS may hold decrypted bytes that the socket will not signal again.
-            if not (self._tls and sock.pending()) or self._reading_paused or self._mode == _CLOSED:
+            if (not (self._tls and isinstance(sock, ssl.SSLSocket) and sock.pending())
+                    or self._reading_paused or self._mode == _CLOSED):
                 return
 
     def _data_received(self, data: memoryview) -> None:
@@ -615,7 +622,8 @@ class Connection:
             if self._mode == _CLOSED:
                 return
         if self._mode == _WEBSOCKET and not (self._close_sent or self._close_received):
-            self._finish(CloseCode.ABNORMAL, "the peer closed the TCP connection without a close frame")
+            self._finish(CloseCode.ABNORMAL,
+                         "the peer closed the TCP connection without a close frame")
         else:
             self._finish(self.close_code or CloseCode.ABNORMAL, self.close_reason)
 
@@ -854,15 +862,18 @@ class Connection:
         if self._mode != _CLOSED:
             self._write_data(frame.opcode, frame.data, frame.fin, frame.rsv)
 
-    def _write_data(self, opcode: int, data: Any, fin: bool = True, rsv: int = 0) -> None:
+    def _write_data(self, opcode: int, data: Buffer, fin: bool = True, rsv: int = 0) -> None:
         if self.is_client:
             # Masking is a copy anyway: header and masked payload in one buffer.
             self._write(encode_frame(opcode, data, fin, rsv, _mask_keys.next()))
-        elif len(data) >= _SEPARATE_PAYLOAD and not self._tls:
+        elif not self._tls and (len(data) if type(data) is bytes
+                                else memoryview(data).nbytes) >= _SEPARATE_PAYLOAD:
             # Large payloads are not copied: header and payload leave in one sendmsg().
             # (A memoryview marks the payload as the rest of a frame: see _overflow.)
-            self._write(frame_header(opcode, len(data), fin, rsv), corked=True)
-            self._write(memoryview(data if type(data) is bytes else bytes(data)))
+            # The header counts bytes: len() of a buffer of wider items counts items.
+            payload = data if type(data) is bytes else bytes(data)
+            self._write(frame_header(opcode, len(payload), fin, rsv), corked=True)
+            self._write(memoryview(payload))
         else:
             self._write(encode_frame(opcode, data, fin, rsv))
 

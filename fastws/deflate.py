@@ -33,11 +33,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._codec import CloseCode, Frame, OpCode, Utf8Validator
 from .handshake import Extension, HandshakeError, format_extensions
 from .stages import Stage
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "EXTENSION_NAME",
@@ -324,8 +327,9 @@ class Deflate(Stage):
         self.remote_max_window_bits = remote_max_window_bits
         self.max_message_size = max_message_size
         self.produced_max = 0
-        self._compressor: Any = None
-        self._decompressor: Any = None
+        # zlib.Compress / zlib.Decompress (typeshed's names for the types zlib does not export)
+        self._compressor: zlib._Compress | None = None
+        self._decompressor: zlib._Decompress | None = None
         self._utf8 = Utf8Validator()
         self._in_message = False        # inside a fragmented inbound message
         self._inflating = False         # ... which is compressed
@@ -356,7 +360,8 @@ class Deflate(Stage):
         assert conn is not None
         if opcode == OpCode.CONTINUATION:
             if not self._in_message:
-                conn.fail(CloseCode.PROTOCOL_ERROR, "continuation frame with no message to continue")
+                conn.fail(CloseCode.PROTOCOL_ERROR,
+                          "continuation frame with no message to continue")
                 return
             if not self._inflating:
                 self._in_message = not frame.fin
@@ -384,11 +389,12 @@ class Deflate(Stage):
             return
         self._pass_in(Frame(fin=frame.fin, rsv=frame.rsv & 3, opcode=opcode, data=data))
 
-    def _inflate(self, data: Any, fin: bool) -> bytes | None:
+    def _inflate(self, data: Buffer, fin: bool) -> bytes | None:
         """Inflate one fragment (None after failing the connection)."""
         conn = self.conn
         assert conn is not None
         decompressor = self._decompressor
+        assert decompressor is not None       # made when the compressed message started
         limit = self._limit()
         try:
             if limit is None:

@@ -24,7 +24,7 @@ __all__ = [
     "ResponseParser",
 ]
 
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = bytes | bytearray | memoryview
 HeadersLike = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]], None]
 
 # RFC 9110 5.6.2 token: what a header name and a method must be.

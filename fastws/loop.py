@@ -21,8 +21,9 @@ import selectors
 import socket
 import threading
 import time as _time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Callable, Protocol
+from typing import Protocol
 
 __all__ = ["HasFileno", "Loop", "Timer", "default_loop"]
 

@@ -122,7 +122,8 @@ class Consolidate(Stage):
         limit = self._limit()
         if opcode == OpCode.CONTINUATION:
             if self._opcode < 0:
-                conn.fail(CloseCode.PROTOCOL_ERROR, "continuation frame with no message to continue")
+                conn.fail(CloseCode.PROTOCOL_ERROR,
+                          "continuation frame with no message to continue")
                 return
             self._size += len(data)
         else:
