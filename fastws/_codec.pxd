@@ -80,4 +80,4 @@ cdef Py_ssize_t encode_header(uint8_t *out, bint fin, int rsv, int opcode,
                               uint64_t length, bint masked, uint32_t key) noexcept nogil
 cpdef bytes encode_frame(int opcode, object data, bint fin=*, int rsv=*, object masking_key=*)
 cpdef Py_ssize_t encode_into(bytearray out, int opcode, object data, bint fin=*, int rsv=*,
-                             object masking_key=*) except -1
+                             object masking_key=*, Py_ssize_t at=*) except -1

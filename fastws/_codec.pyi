@@ -98,6 +98,7 @@ def encode_into(
     fin: bool = True,
     rsv: int = 0,
     masking_key: int | Buffer | None = None,
+    at: int = -1,
 ) -> int: ...
 
 @disjoint_base

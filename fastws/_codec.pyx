@@ -404,22 +404,28 @@ def frame_header(int opcode, Py_ssize_t length, bint fin=True, int rsv=0, maskin
 
 
 cpdef Py_ssize_t encode_into(bytearray out, int opcode, object data, bint fin=True,
-                             int rsv=0, object masking_key=None) except -1:
-    """Append one frame to `out` (for batching many frames into one write).
+                             int rsv=0, object masking_key=None, Py_ssize_t at=-1) except -1:
+    """Write one frame into `out`: appended (the default), or at offset `at`.
 
-    Returns the number of bytes appended.
+    Appending batches many frames into one write. Writing at an offset reuses a scratch
+    buffer (a client masking large messages allocates nothing per send): `out` grows
+    when the frame does not fit and never shrinks. Returns the frame's size in bytes.
     """
     cdef uint32_t key = 0
     cdef bint masked = _parse_key(masking_key, &key)
     cdef uint8_t header[14]
-    cdef Py_ssize_t header_len, start
+    cdef Py_ssize_t header_len, start, end
     cdef Py_buffer view
+    if at > PyByteArray_GET_SIZE(out):
+        raise ValueError(f"offset {at} is past the end of the buffer ({len(out)} bytes)")
     data = _as_buffer_source(data)
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         header_len = encode_header(header, fin, rsv, opcode, <uint64_t>view.len, masked, key)
-        start = PyByteArray_GET_SIZE(out)
-        PyByteArray_Resize(out, start + header_len + view.len)
+        start = PyByteArray_GET_SIZE(out) if at < 0 else at
+        end = start + header_len + view.len
+        if end > PyByteArray_GET_SIZE(out):
+            PyByteArray_Resize(out, end)
         _write_frame(<uint8_t *>PyByteArray_AS_STRING(out) + start, header_len, header,
                      <const uint8_t *>view.buf, view.len, masked, key)
     finally:

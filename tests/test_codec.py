@@ -149,6 +149,17 @@ def test_encode_into_appends_frames_to_one_buffer():
     assert bytes(out[10:]) == encode_frame(OpCode.BINARY, b"\x00" * 300, masking_key=0x01020304)
 
 
+def test_encode_into_at_an_offset_reuses_the_buffer():
+    scratch = bytearray()
+    n = encode_into(scratch, OpCode.BINARY, b"\x07" * 1000, masking_key=0x0A0B0C0D, at=0)
+    assert bytes(scratch[:n]) == encode_frame(OpCode.BINARY, b"\x07" * 1000, masking_key=0x0A0B0C0D)
+    # A smaller frame overwrites the start and leaves the buffer's size alone.
+    m = encode_into(scratch, OpCode.TEXT, "ok", at=0)
+    assert len(scratch) == n and bytes(scratch[:m]) == encode_frame(OpCode.TEXT, "ok")
+    with pytest.raises(ValueError, match="past the end"):
+        encode_into(scratch, OpCode.TEXT, "ok", at=n + 1)
+
+
 # ------------------------------------------------------------------ violations
 
 def raw_frame(b0, length, *, masked=True, payload=None):

@@ -318,6 +318,29 @@ def test_client_close_handshake_and_on_closed_once(start_server, transport, loop
         conn.send_text("too late")
 
 
+def test_client_sends_large_messages_back_to_back_intact(start_server, transport, loop):
+    # Large client frames are masked into a reused buffer and what the kernel does not take
+    # at once is queued: several in a row, bigger than the socket buffer, must all arrive
+    # whole and in order, and a small one queued behind them must not overtake them.
+    server_side = Recorder(echo=True)
+    server = start_server(server_side)
+    client = Recorder()
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop,
+                          max_message_size=None, max_frame_size=None)
+    run_until(loop, lambda: client.upgraded)
+    sizes = [64 * 1024, 3 * 1024 * 1024, 1024 * 1024 + 7, 4 * 1024 * 1024, 200 * 1024]
+    sent = [bytes([i + 1]) * size for i, size in enumerate(sizes)]
+    for payload in sent:
+        conn.send_binary(payload)
+    conn.send_text("last")
+    run_until(loop, lambda: len(client.frames) == len(sent) + 1, timeout=30)
+    assert [f.data for f in client.frames[:-1]] == sent
+    assert client.frames[-1].data == b"last"
+    conn.close()
+    run_until(loop, lambda: client.closed)
+    assert client.closed[0][0] == CloseCode.NORMAL
+
+
 def test_user_stage_sees_both_directions_and_can_be_removed(start_server, transport, loop):
     class Tagger(Stage):
         def on_frame_in(self, frame):
