@@ -1,13 +1,14 @@
 """Multi-process workers: several processes serve one port with SO_REUSEPORT.
 
-One fastws Loop runs in one thread, so a server uses one CPU core. To use more, start
-one process per core, each with its own loop and serve(..., reuse_port=True) on the same
-port: the kernel spreads new connections over them. `python -m fastws echo --workers N`
-does exactly that.
+One fastws Loop runs in one thread, so a server uses one CPU core. To use more,
+serve(..., workers=N) forks N - 1 worker processes, each with its own loop and its own
+socket on the same port (SO_REUSEPORT): the kernel spreads new connections over them.
+`python -m fastws echo --workers N` does exactly that.
 
-Here the parent forks two workers that each answer "pid?" with their process id, then
-opens 20 connections and reports which process served each; then it does the same
-against `python -m fastws echo --workers 2`.
+Here a server process (this file run with `serve`) uses workers=2, and each process
+answers "pid?" with its process id; we open 20 connections and report which process
+served each, stop it with SIGTERM (its workers follow), then do the same against
+`python -m fastws echo --workers 2`.
 
 Run:  python examples/workers.py    (Linux: SO_REUSEPORT balances across processes)
 """
@@ -32,11 +33,24 @@ class WhoAmI:
         conn.send_text(str(os.getpid()))
 
 
-def worker(port: int, ready: int) -> None:
+def serve_with_workers(port: int) -> None:
     loop = fastws.Loop()
-    fastws.serve(WhoAmI(), "127.0.0.1", port, loop=loop, reuse_port=True)
-    os.write(ready, b".")                       # listening: tell the parent
-    loop.run()                                  # until SIGTERM
+    server = fastws.serve(WhoAmI(), "127.0.0.1", port, loop=loop, workers=WORKERS)
+    # serve() returned in every process: the parent (worker 0) and each forked worker.
+    # One write per line: the processes share stdout.
+    sys.stdout.write(f"worker {server.worker} listening (pid {os.getpid()})\n")
+    sys.stdout.flush()
+
+    def stop() -> None:
+        server.close()                  # the workers see it and close too
+        loop.stop()
+
+    if server.worker == 0:
+        signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(stop))
+    loop.run()
+    loop.close()
+    if server.worker == 0:
+        server.join_workers(10)
 
 
 class Ask:
@@ -74,30 +88,21 @@ def free_port() -> int:
         return port
 
 
-def forked_workers() -> None:
+def library_workers() -> None:
     port = free_port()
-    ready_read, ready_write = os.pipe()
-    children = []
-    for _ in range(WORKERS):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                worker(port, ready_write)
-            finally:
-                os._exit(0)
-        children.append(pid)
+    server = subprocess.Popen([sys.executable, __file__, "serve", str(port)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        got = b""
-        while len(got) < WORKERS:
-            got += os.read(ready_read, WORKERS)
+        assert server.stdout is not None
+        banners = [server.stdout.readline().strip() for _ in range(WORKERS)]
         answers = ask_many(port, "pid?")
     finally:
-        for pid in children:
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
-    counts = {pid: answers.count(str(pid)) for pid in children}
-    print(f"forked workers: {len(answers)} connections served as {counts}")
-    assert len(answers) == CONNECTIONS and set(answers) <= {str(pid) for pid in children}
+        server.terminate()
+        server.wait(10)
+    pids = {line.rsplit(" ", 1)[1].rstrip(")") for line in banners}
+    counts = {pid: answers.count(pid) for pid in sorted(pids)}
+    print(f"serve(workers={WORKERS}): {len(answers)} connections served as {counts}")
+    assert len(answers) == CONNECTIONS and set(answers) <= pids
 
 
 def command_line_workers() -> None:
@@ -117,9 +122,12 @@ def command_line_workers() -> None:
 
 
 def main() -> None:
-    forked_workers()
+    library_workers()
     command_line_workers()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["serve"]:
+        serve_with_workers(int(sys.argv[2]))
+    else:
+        main()

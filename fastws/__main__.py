@@ -74,23 +74,16 @@ def run_echo(args: argparse.Namespace) -> int:
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size,
               "handshake_timeout": args.handshake_timeout, "idle_timeout": args.idle_timeout,
               "close_timeout": args.close_timeout}
-    workers = max(1, args.workers)
-    children: list[int] = []
-    if workers > 1:
-        # SO_REUSEPORT: the kernel spreads new connections over the worker processes.
-        for _ in range(workers - 1):
-            pid = os.fork()
-            if pid == 0:
-                children = []
-                break
-            children.append(pid)
     loop = fastws.Loop()
+    # With --workers N, serve() forks: everything below runs in every worker process.
     server = fastws.serve(EchoHandler(), args.host, args.port, ssl=_server_ssl(args), loop=loop,
-                          reuse_port=workers > 1, compression=not args.no_compression,
+                          workers=max(1, args.workers), compression=not args.no_compression,
                           origins=args.origin, max_connections=args.max_connections, **limits)
     scheme = "wss" if args.certfile else "ws"
-    print(f"fastws echo server on {scheme}://{server.host}:{server.port}/ (pid {os.getpid()})",
-          flush=True)
+    # One write per line: with --workers the processes share stdout.
+    sys.stdout.write(f"fastws echo server on {scheme}://{server.host}:{server.port}/ "
+                     f"(pid {os.getpid()})\n")
+    sys.stdout.flush()
 
     def shut_down(signum: int, _frame: object) -> None:
         loop.call_soon_threadsafe(stop)
@@ -115,13 +108,14 @@ def run_echo(args: argparse.Namespace) -> int:
     try:
         loop.run()
     finally:
+        if server.is_serving:
+            server.close()               # the loop ended some other way: close anyway
         loop.close()
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+        # In the parent of --workers: server.close() told the workers to stop; wait for them.
+        if not server.join_workers(args.close_timeout + 5):
+            for pid in server.worker_pids:
+                os.kill(pid, signal.SIGKILL)
+            server.join_workers()
     return 0
 
 

@@ -536,6 +536,22 @@ class Loop:
         self._ready.clear()
         self._cancelled_count = 0
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: a fresh selector and wakeup fd, no inherited callbacks.
+
+        The parent's registrations, timers and queued callbacks belong to the parent's
+        sockets and connections; the child drops them (its copies of those descriptors
+        stay open but unwatched) and starts clean.
+        """
+        self._check_open()
+        if self._running or self._in_iteration:
+            raise RuntimeError("cannot fork-reset a running fastws Loop")
+        self.close()
+        self._selector = selectors.DefaultSelector()
+        self._sequence = itertools.count()
+        self._wakeup_pending = False
+        self._open_wakeup()
+
     def __enter__(self) -> Loop:
         self._check_open()
         return self

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import ssl as ssl_module
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -44,6 +46,9 @@ class Server:
         self.limits = limits
         self.compression = compression     # permessage-deflate settings; None: off
         self.connections: set[Connection] = set()
+        self.worker = 0                    # 0: the parent (or only) process; see serve(workers=)
+        self.worker_pids: list[int] = []   # in the parent: the worker processes it forked
+        self._worker_pipe: tuple[int, int] | None = None  # closed by the parent: workers stop
         self._sock: socket.socket | None = sock
         address = sock.getsockname()
         self.host: str = address[0]
@@ -113,18 +118,60 @@ class Server:
 
         Open WebSockets get a close frame with 1001 (Going Away) and `close_timeout` seconds
         to answer before their TCP connection is dropped; connections still in HTTP mode
-        are closed at once. `server.connections` empties as they finish.
+        are closed at once. `server.connections` empties as they finish. In the parent of
+        `serve(workers=N)` the workers are told to do the same (see `join_workers`).
         """
         if self._sock is not None:
             self._accepting = False
             self.loop.remove_reader(self._sock)
             self._sock.close()
             self._sock = None
+        if self.worker == 0 and self._worker_pipe is not None:
+            os.close(self._worker_pipe[1])
+            self._worker_pipe = None
         for conn in list(self.connections):
             if conn.is_open:
                 conn.close(1001, "server shutting down")
             elif not conn.upgraded:
                 conn.abort()
+
+    def join_workers(self, timeout: float | None = None) -> bool:
+        """In the parent: wait for the workers to exit (after `close()`); True if all did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.worker_pids:
+            pid = self.worker_pids[0]
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.worker_pids.pop(0)
+            elif deadline is not None and time.monotonic() >= deadline:
+                return False
+            else:
+                time.sleep(0.01)
+        return True
+
+    def _watch_parent(self, pipe: tuple[int, int] | None) -> None:
+        """In a worker: when the parent closes its end of the pipe, shut down gracefully."""
+        assert pipe is not None
+        read_end = pipe[0]
+        loop = self.loop
+
+        def parent_gone() -> None:
+            loop.remove_reader(read_end)
+            os.close(read_end)
+            self.close()
+            deadline = loop.time() + self.limits.close_timeout + 0.5
+            stop_when_idle(deadline)
+
+        def stop_when_idle(deadline: float) -> None:
+            if self.connections and loop.time() < deadline:
+                loop.call_later(0.02, stop_when_idle, deadline)
+            else:
+                loop.stop()
+
+        loop.add_reader(read_end, parent_gone)
 
     def __enter__(self) -> Server:
         return self
@@ -138,7 +185,7 @@ class Server:
 
 def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
           ssl: ssl_module.SSLContext | None = None, loop: Loop | None = None,
-          backlog: int = 1024, reuse_port: bool = False,
+          backlog: int = 1024, reuse_port: bool = False, workers: int = 1,
           compression: CompressionSetting = True,
           origins: Collection[str | None] | None = None,
           max_connections: int | None = None, **limits: Any) -> Server:
@@ -154,10 +201,41 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     header values allowed to open a WebSocket (None in the list allows requests without
     one); others get 403. `max_connections`: above it, accepting pauses until a
     connection closes.
+
+    `workers=N` (N > 1, Linux and other systems with fork and SO_REUSEPORT) forks N - 1
+    worker processes, each with its own socket on the same port (the kernel spreads new
+    connections over them) and its own fresh loop. serve() returns in every process, each
+    with its own Server (`server.worker`: 0 in the parent, 1 to N - 1 in the workers),
+    so the code that follows, normally `loop.run()`, runs in all of them. Call it before
+    starting threads. When the parent's server closes, or the parent dies, the workers
+    close their servers gracefully and their loops stop; `server.join_workers()` in the
+    parent waits for them.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    if workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
+        raise ValueError("workers > 1 needs os.fork and SO_REUSEPORT (Linux, BSD, macOS)")
     loop = loop if loop is not None else default_loop()
     settings = Limits().updated(limits)
     options = deflate_options(compression, is_client=False)
+    reuse_port = reuse_port or workers > 1
+    sock = _listen(host, port, reuse_port, backlog)
+    server = Server(loop, sock, handler, ssl, settings, options, origins, max_connections)
+    for index in range(1, workers):
+        # Every worker binds the port the parent got (port 0 resolved), after the fork.
+        if _fork_worker(server, index):
+            loop._reset_after_fork()
+            worker = Server(loop, _listen(host, server.port, True, backlog), handler, ssl,
+                            settings, options, origins, max_connections)
+            worker.worker = index
+            worker._watch_parent(server._worker_pipe)
+            return worker
+    if server._worker_pipe is not None:
+        os.close(server._worker_pipe[0])      # the parent keeps only the write end
+    return server
+
+
+def _listen(host: str, port: int, reuse_port: bool, backlog: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, address = infos[0]
     sock = socket.socket(family, type_, proto)
@@ -171,4 +249,20 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     except BaseException:
         sock.close()
         raise
-    return Server(loop, sock, handler, ssl, settings, options, origins, max_connections)
+    return sock
+
+
+def _fork_worker(server: Server, index: int) -> bool:
+    """Fork one worker; True in the child. The parent keeps the pipe the workers watch."""
+    if server._worker_pipe is None:
+        server._worker_pipe = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # The child's copies of the parent's listener and pipe end are not its own.
+        if server._sock is not None:
+            server._sock.close()
+            server._sock = None
+        os.close(server._worker_pipe[1])
+        return True
+    server.worker_pids.append(pid)
+    return False
