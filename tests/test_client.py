@@ -13,12 +13,11 @@ import threading
 
 import pytest
 import trustme
+from conftest import TIMEOUT, Recorder, run_until
 
 import fastws
 from fastws import CloseCode, FrameParser, OpCode, encode_frame
 from fastws.handshake import accept_key
-
-from conftest import TIMEOUT, Recorder, run_until
 
 
 class CraftedServer:
@@ -172,7 +171,7 @@ def test_bad_handshake_answer_fails_the_connection(case, crafted, loop, transpor
     run_until(loop, lambda: server.done.is_set())
     loop.run_once(0.01)
     assert len(recorder.closed) == 1
-    code, reason = recorder.closed[0]
+    code, _reason = recorder.closed[0]
     assert code == CloseCode.ABNORMAL
     assert recorder.upgraded == 0
     assert not recorder.frames

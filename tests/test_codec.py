@@ -1,5 +1,6 @@
 """The RFC 6455 codec: frames, parsing in any chunking, encoding, violations."""
 
+import itertools
 import os
 import random
 
@@ -18,7 +19,7 @@ def parse(data, *, chunks=None, expect_mask=True, max_frame_size=None, allowed_r
                          expect_mask=expect_mask, max_frame_size=max_frame_size)
     parser.allowed_rsv = allowed_rsv
     cuts = [0, *sorted(chunks or []), len(data)]
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in itertools.pairwise(cuts):
         parser.feed(data[start:end])
     return frames, errors
 

@@ -422,7 +422,7 @@ def test_round_trip_our_client_our_server(start_server, loop, transport, server_
     conn.send(Frame(fin=False, opcode=OpCode.TEXT, data=TEXT[:3000].encode()))
     conn.send(Frame(fin=True, opcode=OpCode.CONTINUATION, data=TEXT[3000:].encode()))
     run_until(loop, lambda: len(client.frames) == len(messages) + 1)
-    for frame, message in zip(client.frames, messages + [TEXT]):
+    for frame, message in zip(client.frames, messages + [TEXT], strict=True):
         if isinstance(message, str):
             assert frame.opcode == OpCode.TEXT and frame.string_data == message
         else:
@@ -703,7 +703,7 @@ def test_our_client_their_server(loop, transport):
         conn.send(Frame(fin=False, opcode=OpCode.BINARY, data=BINARY[:500]))
         conn.send(Frame(fin=True, opcode=OpCode.CONTINUATION, data=BINARY[500:]))
         run_until(loop, lambda: len(client.frames) == len(messages) + 1)
-        for frame, message in zip(client.frames, messages + [BINARY]):
+        for frame, message in zip(client.frames, messages + [BINARY], strict=True):
             if isinstance(message, str):
                 assert frame.opcode == OpCode.TEXT and frame.string_data == message
             else:

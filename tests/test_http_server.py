@@ -9,11 +9,10 @@ import os
 import socket
 import ssl
 
+from conftest import TIMEOUT, Recorder, wait_for
 
 import fastws
 from fastws import OpCode, Response, encode_frame
-
-from conftest import TIMEOUT, Recorder, wait_for
 
 
 class HttpHandler:
@@ -282,7 +281,7 @@ def test_upgrade_without_key_gets_400(start_server, transport):
     try:
         sock.sendall(upgrade_request(key=None))
         reader = ResponseReader(sock)
-        status, headers, body = reader.read()
+        status, _headers, body = reader.read()
         assert status == 400
         assert b"Sec-WebSocket-Key" in body
         assert reader.at_eof()

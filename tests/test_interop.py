@@ -14,12 +14,11 @@ import threading
 import pytest
 import websockets.sync.client
 import websockets.sync.server
+from conftest import TIMEOUT, Recorder, run_until, wait_for
 from websockets.exceptions import ConnectionClosed
 
 import fastws
 from fastws import Frame, OpCode
-
-from conftest import TIMEOUT, Recorder, run_until, wait_for
 
 ONE_MIB = 1024 * 1024
 THEIR_MAX_SIZE = 4 * ONE_MIB
@@ -269,7 +268,7 @@ def test_our_client_fragmented_message(loop, their_server, transport):
     run_until(loop, lambda: recorder.upgraded or recorder.closed)
     assert recorder.upgraded == 1, (recorder.closed, conn.error)
     conn.send(Frame(fin=False, opcode=OpCode.TEXT, data=b"frag"))
-    conn.send(Frame(fin=False, opcode=OpCode.CONTINUATION, data="mented ".encode()))
+    conn.send(Frame(fin=False, opcode=OpCode.CONTINUATION, data=b"mented "))
     conn.ping(b"between fragments")
     conn.send(Frame(fin=True, opcode=OpCode.CONTINUATION, data="tëxt".encode()))
     run_until(loop, lambda: messages(recorder))

@@ -279,7 +279,7 @@ def test_cancelling_many_timers_keeps_heap_bounded(loop: Loop) -> None:
     bound = 2 * (loop_module._MIN_CANCELLED_TO_COMPACT + len(live))
     assert len(loop._timers) <= bound
     # Interleaved schedule/cancel (an idle timeout reset per message) stays bounded too.
-    for i in range(10_000):
+    for _i in range(10_000):
         loop.call_later(60, fired.append, -2).cancel()
         assert len(loop._timers) <= bound
     run_until(loop, lambda: len(fired) == 10)
@@ -304,7 +304,7 @@ def test_due_timers_run_sorted_and_stable(offsets: list[int], cancel: list[bool]
         base = lp.time() - 10  # all in the past: due on the first iteration, no waiting
         fired: list[int] = []
         timers = [lp.call_at(base + off, fired.append, i) for i, off in enumerate(offsets)]
-        for timer, c in zip(timers, cancel):
+        for timer, c in zip(timers, cancel, strict=False):
             if c:
                 timer.cancel()
         lp.run_once(0)

@@ -1,5 +1,6 @@
 """The C helpers behind the codec: masking and incremental UTF-8 validation."""
 
+import itertools
 import os
 import random
 
@@ -20,7 +21,7 @@ def test_mask_matches_plain_xor_at_every_alignment(length):
     rng = random.Random(length)
     backing = rng.randbytes(length + 64)
     key = rng.getrandbits(32)
-    for start in range(0, 33):   # unaligned starts through a memoryview slice
+    for start in range(33):   # unaligned starts through a memoryview slice
         data = memoryview(backing)[start:start + length]
         assert mask(data, key) == xor_mask(data, key.to_bytes(4, "big"))
 
@@ -95,7 +96,7 @@ def test_validator_matches_python_on_random_input(data, cuts):
     expected = python_says_valid(data)
     v = Utf8Validator()
     edges = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
-    ok = all([v.feed(data[a:b]) for a, b in zip(edges, edges[1:])])
+    ok = all(v.feed(data[a:b]) for a, b in itertools.pairwise(edges))
     assert (ok and v.finish()) == expected
 
 
