@@ -313,3 +313,21 @@ def test_untrusted_certificate_reports_1015(crafted, loop, transport):
     assert isinstance(conn.error, ssl.SSLCertVerificationError), repr(conn.error)
     assert server.done.wait(TIMEOUT)
     assert server.head is None, "the client sent its request to an untrusted server"
+
+
+def test_pause_and_resume_reading_before_the_handshake_finishes(start_server, loop, transport):
+    # Pausing right after connect() (TLS still handshaking) and resuming must neither
+    # raise nor start reading early; the connection then upgrades and echoes as usual.
+    server = start_server(Recorder(echo=True))
+    client = Recorder()
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop)
+    conn.pause_reading()
+    loop.run_once(0.01)
+    conn.resume_reading()
+    run_until(loop, lambda: client.upgraded)
+    conn.send_text("still here")
+    run_until(loop, lambda: client.frames)
+    assert client.frames[0].data == b"still here"
+    conn.close()
+    run_until(loop, lambda: client.closed)
+    assert client.closed[0][0] == CloseCode.NORMAL
