@@ -7,18 +7,14 @@ Reports go to autobahn/reports/<mode>/ (index.json and SUMMARY.md are committed)
 per case group is printed; the exit status is non-zero when any case is FAILED, NON-STRICT,
 UNIMPLEMENTED or ERROR (the harness could not run it).
 
-Client mode offers `permessage-deflate; client_no_context_takeover; client_max_window_bits`:
-the fuzzing server's cases 13.2, 13.5 and 13.6 only accept offers that carry
-client_no_context_takeover (Autobahn reads it as "the client can be asked not to take
-over context"), so fastws' default offer (Chrome's, without it) leaves those 54 cases
-UNIMPLEMENTED.
+Both modes run `--parallel` cases at a time (default 2, one per core here); client mode's
+permessage-deflate offer is explained in echo_client.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import json
 import os
 import shutil
@@ -27,7 +23,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -81,7 +76,8 @@ def selection(args: argparse.Namespace) -> list[str]:
 
 def run_server_mode(args: argparse.Namespace, outdir: str) -> None:
     port = free_port()
-    echo = subprocess.Popen([sys.executable, "-m", "fastws", "echo", "--port", str(port)],
+    echo = subprocess.Popen([sys.executable, "-m", "fastws", "echo", "--port", str(port),
+                             "--workers", str(args.parallel)],
                             cwd=ROOT)
     try:
         wait_for_port(port, echo)
@@ -94,15 +90,7 @@ def run_server_mode(args: argparse.Namespace, outdir: str) -> None:
 
 def run_client_mode(args: argparse.Namespace, outdir: str) -> None:
     sys.path.insert(0, HERE)
-    import echo_client
-
-    import fastws
-
-    # The offer 13.2/13.5/13.6 need (see the module docstring); everything else as is.
-    offer = fastws.DeflateOptions(client_no_context_takeover=True)
-    echo_client.fastws = types.SimpleNamespace(  # type: ignore[assignment]
-        **{**vars(fastws), "connect": functools.partial(fastws.connect, compression=offer)})
-    run_all = echo_client.run_all
+    from echo_client import run_all
 
     port = free_port()
     server = subprocess.Popen(kosoku_command() + ["-m", "fuzzingserver", "-o", outdir,
@@ -110,7 +98,7 @@ def run_client_mode(args: argparse.Namespace, outdir: str) -> None:
                               stdout=subprocess.DEVNULL if not args.verbose else None)
     try:
         wait_for_port(port, server)
-        run_all(f"ws://127.0.0.1:{port}", agent="fastws")
+        run_all(f"ws://127.0.0.1:{port}", agent="fastws", parallel=args.parallel)
         # The server writes its reports on /updateReports; give it a moment to finish.
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(outdir, "index.json")):
@@ -169,7 +157,7 @@ def main() -> int:
     parser.add_argument("-i", "--include", action="append", help="case id or glob to run")
     parser.add_argument("-x", "--exclude", action="append", help="case id or glob to skip")
     parser.add_argument("-p", "--parallel", type=int, default=2,
-                        help="cases run in parallel in server mode (default 2)")
+                        help="cases run at a time (default 2)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     outdir = os.path.join(HERE, "reports", args.mode)
