@@ -58,10 +58,13 @@ _READ_SIZE = 256 * 1024
 _SEPARATE_PAYLOAD = 64 * 1024
 # The largest scratch buffer a thread keeps between large client frames (see _send_masked).
 _SCRATCH_KEEP = 4 * 1024 * 1024
-# Replies made while handling one read leave in batches: the first at once (so the peer
-# is never left waiting for the whole read to be handled), then every few frames. On this
-# 2-core machine, 4 beat both one send per read and one send per frame (bench/RESULTS.md).
+# Replies made while handling one read leave in batches. With one peer active, the first
+# leaves at once (so the peer is never left waiting for the whole read to be handled), then
+# every few frames: on this 2-core machine 4 beat both one send per read and one per frame.
+# With several peers ready in the same loop iteration, the server is the bottleneck and one
+# send per read costs least (1 vs 100 connections x 16 in flight: see the commit log).
 _BATCH_FRAMES = 4
+_NO_BATCH_LIMIT = 1 << 30
 _IOV_MAX = 512
 _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -191,6 +194,7 @@ class Connection:
         self._writer_registered = False
         self._corked = False
         self._eager = False
+        self._batch_frames = _BATCH_FRAMES
         self._writing_paused = False
         self._shutdown_after_flush = False
         self._overflowed = False
@@ -584,7 +588,15 @@ class Connection:
                 self._on_eof()
                 return
             self._corked = True
-            self._eager = not self._write_queue
+            if self.loop._busy:
+                # Other peers are waiting too: one send after the whole read.
+                self._eager = False
+                self._batch_frames = _NO_BATCH_LIMIT
+            else:
+                # The only peer: answer the first frame at once, then every few, so it
+                # can go on sending while we work through the rest.
+                self._eager = not self._write_queue
+                self._batch_frames = _BATCH_FRAMES
             try:
                 self._data_received(self._read_view[:n])
             except Exception as exc:
@@ -938,7 +950,7 @@ class Connection:
         cap = self.limits.max_write_buffer
         over_cap = cap is not None and self._write_size > cap
         if self._corked:
-            if self._eager or len(queue) >= _BATCH_FRAMES or over_cap:
+            if self._eager or len(queue) >= self._batch_frames or over_cap:
                 self._eager = False
                 self._send_queued()
         elif over_cap:

@@ -153,6 +153,7 @@ class Loop:
         "_running",
         "_in_iteration",
         "_stopping",
+        "_busy",
         "_clock_resolution",
         "_wakeup_write",
         "_wakeup_pending",
@@ -172,6 +173,9 @@ class Loop:
         self._running = False
         self._in_iteration = False
         self._stopping = False
+        # More than one descriptor ready in this iteration: the process is busy serving
+        # several peers, and connections batch their replies fully (see Connection).
+        self._busy = False
         self._clock_resolution = _time.get_clock_info("monotonic").resolution
         self._wakeup_pending = False
         self._eventfd = -1
@@ -460,7 +464,9 @@ class Loop:
             elif timeout > _MAX_SELECT_TIMEOUT:
                 timeout = _MAX_SELECT_TIMEOUT
 
-        for key, events in selector.select(timeout):
+        ready_fds = selector.select(timeout)
+        self._busy = len(ready_fds) > 1
+        for key, events in ready_fds:
             callbacks: _FdCallbacks = key.data
             if events & _EVENT_READ:
                 callback = callbacks.reader
