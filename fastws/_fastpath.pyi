@@ -1,9 +1,10 @@
-"""Type stubs for fastws._fastpath (internal): the default chain fused into the parser."""
+"""Type stubs for fastws._fastpath (internal): the connection's hot paths in C."""
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
-from typing_extensions import disjoint_base
+from typing_extensions import Buffer, disjoint_base
 
 from ._codec import Frame, FrameParser
 
@@ -25,3 +26,40 @@ class FusedReader(FrameParser):
     @max_message_size.setter
     def max_message_size(self, value: int | None) -> None: ...
     def take_partial_message(self) -> tuple[int, int, list[bytes], int] | None: ...
+
+MODE_TLS_HANDSHAKE: str
+MODE_HTTP: str
+MODE_CLIENT_HANDSHAKE: str
+MODE_WEBSOCKET: str
+MODE_CLOSED: str
+SEPARATE_PAYLOAD_SIZE: int
+
+def next_masking_key() -> int: ...
+
+class ConnectionCore:
+    _mode: str
+    _close_sent: bool
+    is_client: bool
+    _fused: bool
+    _stages: list[Any]
+    _write_queue: collections.deque[bytes | memoryview]
+    _write_size: int
+    _write_cap: int
+    _high_water: int
+    _corked: bool
+    _eager: bool
+    _batch_frames: int
+    _writing_paused: bool
+    @property
+    def is_open(self) -> bool: ...
+    def send(self, frame: Frame) -> None: ...
+    def send_text(self, text: str) -> None: ...
+    def send_binary(self, data: Buffer) -> None: ...
+    def _write_data(self, opcode: int, data: Buffer, fin: bool = True, rsv: int = 0) -> None: ...
+    def _write(self, data: bytes | memoryview, corked: bool = False) -> None: ...
+    # Provided by the Python subclass (fastws.connection.Connection):
+    def _state_name(self) -> str: ...
+    def _write_large(self, opcode: int, data: Buffer, fin: bool, rsv: int) -> None: ...
+    def _send_queued(self) -> None: ...
+    def flush(self) -> None: ...
+    def _notify(self, name: str, *args: Any) -> None: ...

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""The connection's inbound path with the default stage chain fused into the parser.
+"""The connection's hot paths in C: inbound (the default chain fused into the parser)
+and outbound (ConnectionCore: send, encode, queue and batch).
 
 Most connections run the default chain, AutoPong then Consolidate. Running those as
 Python stages costs several Python calls per frame; `FusedReader` does the same work
@@ -11,9 +12,12 @@ failures go back to the connection's Python methods: they are rare.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_GET_SIZE
 from libc.stdint cimport uint32_t
 
-from fastws._codec cimport Frame, FrameParser
+from fastws._codec cimport Frame, FrameParser, encode_frame
+
+import os
 
 from fastws._codec import CloseCode
 
@@ -135,4 +139,151 @@ cdef class FusedReader(FrameParser):
                                 b"".join(self._parts))
             self._reset_message()
             return self._deliver(message)
+        return 0
+
+
+# ---------------------------------------------------------------- the outbound path
+
+# Connection modes (fastws.connection uses these very objects).
+MODE_TLS_HANDSHAKE = "tls-handshake"
+MODE_HTTP = "http"
+MODE_CLIENT_HANDSHAKE = "client-handshake"
+MODE_WEBSOCKET = "websocket"
+MODE_CLOSED = "closed"
+
+# Payloads from this size on leave beside their header (server) or are masked into a
+# reused buffer (client): see Connection._write_large.
+cdef enum:
+    SEPARATE_PAYLOAD = 64 * 1024
+SEPARATE_PAYLOAD_SIZE = SEPARATE_PAYLOAD
+
+cdef bytes _key_pool = b""
+cdef Py_ssize_t _key_pos = 0
+
+
+cdef uint32_t _next_key() except? 0:
+    """A fresh masking key from the OS's random source, drawn 4 KiB at a time."""
+    global _key_pool, _key_pos
+    if _key_pos + 4 > len(_key_pool):
+        _key_pool = os.urandom(4096)
+        _key_pos = 0
+    cdef const unsigned char *p = _key_pool
+    cdef uint32_t key = ((<uint32_t>p[_key_pos] << 24) | (<uint32_t>p[_key_pos + 1] << 16)
+                         | (<uint32_t>p[_key_pos + 2] << 8) | p[_key_pos + 3])
+    _key_pos += 4
+    return key
+
+
+def next_masking_key():
+    """The next masking key (an int, the first wire byte on top); for the Python paths."""
+    return _next_key()
+
+
+cdef inline Py_ssize_t _size_of(object data) except -1:
+    # Bytes, not items: len() of a buffer of wider items counts items.
+    if type(data) is bytes:
+        return PyBytes_GET_SIZE(data)
+    return memoryview(data).nbytes
+
+
+cdef class ConnectionCore:
+    """The state and hot methods of a Connection's write side, in C.
+
+    fastws.connection.Connection subclasses it. A message sent from a handler costs one
+    call into C here (frame checks, encoding, queueing, the batching decision) instead of
+    a few Python calls; what is rare (large payloads, stages, sending, pausing) goes back
+    to the connection's Python methods.
+    """
+
+    cdef public object _mode
+    cdef public bint _close_sent
+    cdef public bint is_client
+    cdef public bint _fused             # the default chain runs fused in the parser
+    cdef public list _stages
+    cdef public object _write_queue     # collections.deque of bytes / memoryview
+    cdef public Py_ssize_t _write_size
+    cdef public long long _write_cap
+    cdef public Py_ssize_t _high_water
+    cdef public bint _corked            # inside a read: replies are batched
+    cdef public bint _eager             # the next reply leaves at once
+    cdef public Py_ssize_t _batch_frames
+    cdef public bint _writing_paused
+
+    @property
+    def is_open(self):
+        """True while WebSocket messages can be sent (upgraded, no close frame sent)."""
+        return self._mode == MODE_WEBSOCKET and not self._close_sent
+
+    def send(self, Frame frame not None):
+        """Send a frame through the stage chain (outbound). Raises if the connection is closing."""
+        if self._mode != MODE_WEBSOCKET or self._close_sent:
+            raise ConnectionError(
+                f"cannot send: the WebSocket connection is {self._state_name()}")
+        cdef int opcode = frame._opcode
+        cdef object data = frame.data
+        cdef Py_ssize_t size = _size_of(data)
+        if opcode >= 8 and (size > 125 or not frame.fin):
+            raise ValueError("control frames must be FIN and carry at most 125 bytes")
+        if self._fused or not self._stages:
+            # The default chain passes frames out as they are: straight to the encoder.
+            self._write_data_c(opcode, data, size, frame.fin, frame.rsv)
+        else:
+            self._stages[len(self._stages) - 1].on_frame_out(frame)
+
+    def send_text(self, str text not None):
+        cdef bytes data = text.encode("utf-8")
+        if self._fused and self._mode == MODE_WEBSOCKET and not self._close_sent:
+            self._write_data_c(OP_TEXT, data, len(data), True, 0)
+        else:
+            self.send(Frame(opcode=OP_TEXT, data=data))
+
+    def send_binary(self, data):
+        if self._fused and self._mode == MODE_WEBSOCKET and not self._close_sent:
+            self._write_data_c(OP_BINARY, data, _size_of(data), True, 0)
+        else:
+            self.send(Frame(opcode=OP_BINARY, data=data))
+
+    def _write_data(self, int opcode, data, bint fin=True, int rsv=0):
+        """The end of the outbound chain: encode (masking on a client) and queue."""
+        self._write_data_c(opcode, data, _size_of(data), fin, rsv)
+
+    cdef int _write_data_c(self, int opcode, object data, Py_ssize_t size, bint fin,
+                           int rsv) except -1:
+        if size >= SEPARATE_PAYLOAD:
+            self._write_large(opcode, data, fin, rsv)
+        elif self.is_client:
+            self._queue(encode_frame(opcode, data, fin, rsv, _next_key()), False)
+        else:
+            self._queue(encode_frame(opcode, data, fin, rsv), False)
+        return 0
+
+    def _write(self, data, bint corked=False):
+        """Queue bytes for the peer and send what the batching rules allow now.
+
+        Outside a read everything is sent at once (unless `corked`: more of the same frame
+        follows). During a read, the first reply leaves at once when `_eager`, the others
+        every `_batch_frames` frames and after the read. Over `max_write_buffer`, the
+        kernel is tried at once and the connection fails if it will not take enough.
+        """
+        self._queue(data, corked)
+
+    cdef int _queue(self, object data, bint corked) except -1:
+        if not data or self._mode == MODE_CLOSED:
+            return 0
+        queue = self._write_queue
+        queue.append(data)
+        self._write_size += len(data)
+        cdef bint over_cap = self._write_size > self._write_cap
+        if self._corked:
+            if self._eager or len(queue) >= self._batch_frames or over_cap:
+                self._eager = False
+                self._send_queued()
+        elif over_cap:
+            self._send_queued()
+        elif not corked:
+            self.flush()
+        if (self._write_size > self._high_water and not self._writing_paused
+                and self._mode != MODE_CLOSED):
+            self._writing_paused = True
+            self._notify("on_pause_writing")
         return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -33,7 +32,16 @@ from ._codec import (
     frame_header,
     parse_close,
 )
-from ._fastpath import FusedReader
+from ._fastpath import (
+    MODE_CLIENT_HANDSHAKE,
+    MODE_CLOSED,
+    MODE_HTTP,
+    MODE_TLS_HANDSHAKE,
+    MODE_WEBSOCKET,
+    ConnectionCore,
+    FusedReader,
+    next_masking_key,
+)
 from .deflate import EXTENSION_NAME, Deflate, deflate_options, negotiate_server
 from .handshake import (
     HandshakeError,
@@ -54,17 +62,20 @@ __all__ = ["Connection", "Limits"]
 logger = logging.getLogger("fastws")
 
 _READ_SIZE = 256 * 1024
-# Payloads at least this big are sent beside their header instead of copied behind it.
-_SEPARATE_PAYLOAD = 64 * 1024
 # The largest scratch buffer a thread keeps between large client frames (see _send_masked).
 _SCRATCH_KEEP = 4 * 1024 * 1024
-# Replies made while handling one read leave in batches. With one peer active, the first
-# leaves at once (so the peer is never left waiting for the whole read to be handled), then
-# every few frames: on this 2-core machine 4 beat both one send per read and one per frame.
-# With several peers ready in the same loop iteration, the server is the bottleneck and one
-# send per read costs least (1 vs 100 connections x 16 in flight: see the commit log).
-_BATCH_FRAMES = 4
+# Replies made while handling one read leave in batches. With several peers ready in the
+# same loop iteration, the process is the bottleneck and one send per read costs least.
+# With one peer active, the first reply leaves at once and the rest every _BATCH_FRAMES
+# frames: the peer starts refilling its window while we work, so the window stays split
+# in several bursts in flight. Send too rarely and it clumps into one burst per round
+# trip (both sides then sleep through each other's wake-up: half the throughput, more
+# CPU per message); send too often and syscalls dominate. On this 2-core machine, with
+# 16 in flight on one connection: 2 -> 421k msg/s, 3 -> 269k, 4 -> 236k, once per read
+# -> 209k, every frame -> 299k (python bench/echo/run.py cells; the commit log has them).
+_BATCH_FRAMES = 2
 _NO_BATCH_LIMIT = 1 << 30
+_NO_CAP = 1 << 62
 _IOV_MAX = 512
 _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -100,25 +111,6 @@ class Limits:
         return replace(self, **overrides) if overrides else self
 
 
-class _MaskKeys:
-    """Masking keys from the OS's CSPRNG, fetched 4 KiB at a time (RFC 6455 10.3)."""
-
-    __slots__ = ("_pool", "_pos")
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._pos = 0
-
-    def next(self) -> bytes:
-        if self._pos >= len(self._pool):
-            self._pool = os.urandom(4096)
-            self._pos = 0
-        key = self._pool[self._pos:self._pos + 4]
-        self._pos += 4
-        return key
-
-
-_mask_keys = _MaskKeys()
 _per_thread = threading.local()
 
 
@@ -144,11 +136,11 @@ def _thread_read_buffer() -> tuple[bytearray, memoryview]:
     return buffer, _per_thread.read_view
 
 # Connection modes
-_TLS_HANDSHAKE = "tls-handshake"
-_HTTP = "http"
-_CLIENT_HANDSHAKE = "client-handshake"
-_WEBSOCKET = "websocket"
-_CLOSED = "closed"
+_TLS_HANDSHAKE = MODE_TLS_HANDSHAKE
+_HTTP = MODE_HTTP
+_CLIENT_HANDSHAKE = MODE_CLIENT_HANDSHAKE
+_WEBSOCKET = MODE_WEBSOCKET
+_CLOSED = MODE_CLOSED
 
 
 def _default_on_request(conn: Connection, request: Request) -> None:
@@ -159,8 +151,12 @@ def _default_on_request(conn: Connection, request: Request) -> None:
         conn.respond(Response.text(404, "Not Found\n"))
 
 
-class Connection:
-    """A server or client connection. Users get it in handler callbacks; they never build one."""
+class Connection(ConnectionCore):
+    """A server or client connection. Users get it in handler callbacks; they never build one.
+
+    The write side's state and hot methods (send, send_text, send_binary, is_open, the
+    write queue and its batching) live in ConnectionCore, in C (fastws._fastpath).
+    """
 
     def __init__(self, loop: Loop, sock: socket.socket, handler: Any, *, is_client: bool,
                  limits: Limits, ssl_context: ssl.SSLContext | None = None,
@@ -201,6 +197,7 @@ class Connection:
         self._stages: list[Stage] = []
         self._parser: FusedReader | None = None
         self._fused = False           # default chain fused into the parser (see _fastpath)
+        self._cache_write_limits()
         self._http_parser: RequestParser | None = None
         self._response_parser: ResponseParser | None = None
         self._pending_requests: collections.deque[Request] = collections.deque()
@@ -232,11 +229,6 @@ class Connection:
         self._handler = handler
         if self._parser is not None:
             self._parser.handler_on_frame = getattr(handler, "on_frame", None)
-
-    @property
-    def is_open(self) -> bool:
-        """True while WebSocket messages can be sent (upgraded, no close frame sent)."""
-        return self._mode == _WEBSOCKET and not self._close_sent
 
     @property
     def closed(self) -> bool:
@@ -373,36 +365,6 @@ class Connection:
         response.headers.add("Sec-WebSocket-Extensions",
                              format_extensions([(EXTENSION_NAME, params)]))
         return stage
-
-    def send(self, frame: Frame) -> None:
-        """Send a frame through the stage chain (outbound). Raises if the connection is closing."""
-        if self._mode != _WEBSOCKET or self._close_sent:
-            raise ConnectionError(f"cannot send: the WebSocket connection is {self._state_name()}")
-        opcode = frame.opcode
-        data: Buffer = frame.data     # received frames carry bytes; one built to send, any buffer
-        size = len(data) if type(data) is bytes else memoryview(data).nbytes
-        if opcode >= 8 and (size > 125 or not frame.fin):
-            raise ValueError("control frames must be FIN and carry at most 125 bytes")
-        if self._fused or not self._stages:
-            # The default chain passes frames out as they are: straight to the encoder.
-            if self.is_client or size >= _SEPARATE_PAYLOAD:
-                self._write_data(opcode, data, frame.fin, frame.rsv)
-            else:
-                self._write(encode_frame(opcode, data, frame.fin, frame.rsv))
-        else:
-            self._stages[-1].on_frame_out(frame)
-
-    def send_text(self, text: str) -> None:
-        if self._fused and self.is_open:
-            self._write_data(OpCode.TEXT, text.encode("utf-8"))
-        else:
-            self.send(Frame(opcode=OpCode.TEXT, data=text.encode("utf-8")))
-
-    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
-        if self._fused and self.is_open:
-            self._write_data(OpCode.BINARY, data)
-        else:
-            self.send(Frame(opcode=OpCode.BINARY, data=data))
 
     def ping(self, data: bytes = b"") -> None:
         self.send(Frame(opcode=OpCode.PING, data=data))
@@ -756,6 +718,13 @@ class Connection:
         self.limits = self.limits.updated(overrides)
         self.max_frame_size = self.limits.max_frame_size
         self.max_message_size = self.limits.max_message_size
+        self._cache_write_limits()
+
+    def _cache_write_limits(self) -> None:
+        # Read on every write: plain attributes, and no None test for "no cap".
+        cap = self.limits.max_write_buffer
+        self._write_cap = cap if cap is not None else _NO_CAP
+        self._high_water = self.limits.write_high_water
 
     def _start_websocket(self, stages: Sequence[Stage] | None,
                          deflate: Stage | None = None) -> None:
@@ -885,16 +854,14 @@ class Connection:
         if self._mode != _CLOSED:
             self._write_data(frame.opcode, frame.data, frame.fin, frame.rsv)
 
-    def _write_data(self, opcode: int, data: Buffer, fin: bool = True, rsv: int = 0) -> None:
+    def _write_large(self, opcode: int, data: Buffer, fin: bool, rsv: int) -> None:
+        """A frame of at least SEPARATE_PAYLOAD_SIZE bytes (ConnectionCore sends the rest)."""
         if self.is_client:
-            if self._write_queue or (len(data) if type(data) is bytes
-                                     else memoryview(data).nbytes) < _SEPARATE_PAYLOAD:
-                # Masking is a copy anyway: header and masked payload in one buffer.
-                self._write(encode_frame(opcode, data, fin, rsv, _mask_keys.next()))
+            if self._write_queue:
+                self._write(encode_frame(opcode, data, fin, rsv, next_masking_key()))
             else:
                 self._send_masked(opcode, data, fin, rsv)
-        elif not self._tls and (len(data) if type(data) is bytes
-                                else memoryview(data).nbytes) >= _SEPARATE_PAYLOAD:
+        elif not self._tls:
             # Large payloads are not copied: header and payload leave in one sendmsg().
             # (A memoryview marks the payload as the rest of a frame: see _overflow.)
             # The header counts bytes: len() of a buffer of wider items counts items.
@@ -914,7 +881,7 @@ class Connection:
         frame.
         """
         scratch = _thread_scratch()
-        size = encode_into(scratch, opcode, data, fin, rsv, _mask_keys.next(), 0)
+        size = encode_into(scratch, opcode, data, fin, rsv, next_masking_key(), 0)
         with memoryview(scratch) as view:
             frame = view[:size]
             try:
@@ -932,35 +899,6 @@ class Connection:
             self._finish(CloseCode.ABNORMAL, f"connection lost: {self.error}")
         elif rest is not None:
             self._write(memoryview(rest))
-
-    def _write(self, data: bytes | memoryview, corked: bool = False) -> None:
-        """Queue bytes for the peer and send what the batching rules allow now.
-
-        Outside a read everything is sent at once (unless `corked`: more of the same frame
-        follows). During a read, the first reply leaves at once and the others every
-        `_BATCH_FRAMES` frames and after the read, so the peer can go on sending while we
-        work through what it sent. Over `max_write_buffer`, the kernel is tried at once
-        and the connection fails if it will not take enough (see `_send_queued`).
-        """
-        if not data or self._mode == _CLOSED:
-            return
-        queue = self._write_queue
-        queue.append(data)
-        self._write_size += len(data)
-        cap = self.limits.max_write_buffer
-        over_cap = cap is not None and self._write_size > cap
-        if self._corked:
-            if self._eager or len(queue) >= self._batch_frames or over_cap:
-                self._eager = False
-                self._send_queued()
-        elif over_cap:
-            self._send_queued()
-        elif not corked:
-            self.flush()
-        if (not self._writing_paused and self._write_size > self.limits.write_high_water
-                and self._mode != _CLOSED):
-            self._writing_paused = True
-            self._notify("on_pause_writing")
 
     def _overflow(self) -> None:
         """The peer does not read: drop what it has not started to receive, fail with 1008.
