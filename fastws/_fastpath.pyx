@@ -238,6 +238,8 @@ cdef class ConnectionCore:
             self.send(Frame(opcode=OP_TEXT, data=data))
 
     def send_binary(self, data):
+        if isinstance(data, str):
+            raise TypeError("send_binary() takes a bytes-like object; send_text() sends a str")
         if self._fused and self._mode == MODE_WEBSOCKET and not self._close_sent:
             self._write_data_c(OP_BINARY, data, _size_of(data), True, 0)
         else:

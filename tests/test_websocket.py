@@ -299,6 +299,32 @@ def test_handler_exception_closes_that_connection_with_1011(start_server, raw_cl
 
 # ------------------------------------------------------------------ client side
 
+def test_send_misuse_raises_clear_errors(start_server, transport, loop):
+    server = start_server(Recorder(echo=True))
+    client = Recorder()
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop)
+    with pytest.raises(ConnectionError, match="cannot send"):
+        conn.send_text("before the handshake")
+    run_until(loop, lambda: client.upgraded)
+    with pytest.raises(TypeError):
+        conn.send(b"not a Frame")
+    with pytest.raises(TypeError):
+        conn.send_text(b"not a str")
+    with pytest.raises(TypeError):
+        conn.send_binary("not bytes")
+    with pytest.raises(ValueError, match="control frames"):
+        conn.send(Frame(opcode=OpCode.PING, data=b"x" * 126))
+    with pytest.raises(ValueError, match="control frames"):
+        conn.send(Frame(fin=False, opcode=OpCode.PING, data=b""))
+    # None of that reached the wire: the connection still works.
+    conn.send_binary(memoryview(b"ok"))
+    run_until(loop, lambda: client.frames)
+    assert client.frames[0].data == b"ok"
+    conn.close()
+    run_until(loop, lambda: client.closed)
+    assert client.closed[0][0] == CloseCode.NORMAL
+
+
 def test_client_close_handshake_and_on_closed_once(start_server, transport, loop):
     server_side = Recorder(echo=True)
     server = start_server(server_side)
