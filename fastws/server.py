@@ -221,18 +221,40 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     reuse_port = reuse_port or workers > 1
     sock = _listen(host, port, reuse_port, backlog)
     server = Server(loop, sock, handler, ssl, settings, options, origins, max_connections)
-    for index in range(1, workers):
-        # Every worker binds the port the parent got (port 0 resolved), after the fork.
-        if _fork_worker(server, index):
-            loop._reset_after_fork()
-            worker = Server(loop, _listen(host, server.port, True, backlog), handler, ssl,
-                            settings, options, origins, max_connections)
-            worker.worker = index
-            worker._watch_parent(server._worker_pipe)
-            return worker
+    try:
+        for index in range(1, workers):
+            # Every worker binds the port the parent got (port 0 resolved), after the fork.
+            if _fork_worker(server, index):
+                return _start_worker(server, index, host, backlog)
+    except BaseException:
+        pipe = server._worker_pipe
+        server.close()                        # workers already forked see it and stop
+        if pipe is not None:
+            os.close(pipe[0])
+        raise
     if server._worker_pipe is not None:
         os.close(server._worker_pipe[0])      # the parent keeps only the write end
     return server
+
+
+def _start_worker(parent: Server, index: int, host: str, backlog: int) -> Server:
+    """In a forked child: a fresh loop and a listener of its own on the parent's port.
+
+    A failure here must not unwind into the caller's code as if this were the parent:
+    it is logged and the child exits.
+    """
+    try:
+        loop = parent.loop
+        loop._reset_after_fork()
+        worker = Server(loop, _listen(host, parent.port, True, backlog), parent.handler,
+                        parent.ssl_context, parent.limits, parent.compression, parent.origins,
+                        parent.max_connections)
+        worker.worker = index
+        worker._watch_parent(parent._worker_pipe)
+        return worker
+    except BaseException:
+        logger.exception("fastws: worker %d could not start", index)
+        os._exit(1)
 
 
 def _listen(host: str, port: int, reuse_port: bool, backlog: int) -> socket.socket:
