@@ -77,7 +77,7 @@ def run_echo(args: argparse.Namespace) -> int:
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size,
               "handshake_timeout": args.handshake_timeout, "idle_timeout": args.idle_timeout,
               "close_timeout": args.close_timeout}
-    loop = fastws.Loop()
+    loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
     # With --workers N, serve() forks: everything below runs in every worker process.
     server = fastws.serve(EchoHandler(), args.host, args.port, ssl=_server_ssl(args), loop=loop,
                           workers=max(1, args.workers), compression=not args.no_compression,
@@ -167,7 +167,7 @@ def run_client(args: argparse.Namespace) -> int:
         if args.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-    loop = fastws.Loop()
+    loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
     handler = ClientHandler(args.echo)
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
     conn = fastws.connect(args.url, handler, ssl=context, loop=loop,
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds to wait for the peer's close frame (default 5)")
     echo.add_argument("--origin", action="append", default=None,
                       help="allowed Origin for WebSocket upgrades (repeatable; default: any)")
+    _add_busy_poll(echo)
 
     client = commands.add_parser("client", help="connect to a WebSocket server")
     client.add_argument("url")
@@ -224,7 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024)
     client.add_argument("--no-compression", action="store_true",
                         help="do not offer permessage-deflate")
+    _add_busy_poll(client)
     return parser
+
+
+def _busy_poll_us(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 10_000.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 10000 microseconds")
+    return value
+
+
+def _add_busy_poll(parser: argparse.ArgumentParser) -> None:
+    default = fastws.Loop.DEFAULT_BUSY_POLL * 1e6
+    parser.add_argument("--busy-poll", type=_busy_poll_us, default=default, metavar="US",
+                        help="microseconds to poll for the next event before sleeping "
+                             f"(adaptive; 0 turns it off; default {default:g})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

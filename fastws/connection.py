@@ -1,13 +1,15 @@
 """One connection: a socket (optionally TLS) driven by the loop, in HTTP or WebSocket mode.
 
 The data path, top to bottom: the loop reports the socket readable; `_on_readable` reads
-with `recv_into` into the connection's own buffer and hands a memoryview of it to the
-current mode: the HTTP request parser (server, before an upgrade), the handshake response
-parser (client, before the 101), or the frame parser (after the switch). Parsed frames
-travel the stage chain to the handler; frames the application sends travel it back to
-the encoder and into the write queue. Writes made while a read is being handled are
-batched and leave in one `sendmsg` when the read is done. The close handshake, its
-timeout and the once-only `on_closed` report live here too.
+into the thread's read buffer and hands the bytes to the current mode: the HTTP request
+parser (server, before an upgrade), the handshake response parser (client, before the
+101), or the frame parser (after the switch). For an upgraded connection over plain TCP
+that read, the parse and the send are C (ConnectionCore in fastws._fastpath); the other
+modes and TLS read here, in `_on_readable_py`. Parsed frames travel the stage chain to
+the handler; frames the application sends travel it back to the encoder and into the
+write queue. Writes made while a read is being handled are batched and leave in one
+`sendmsg` when the read is done. The close handshake, its timeout and the once-only
+`on_closed` report live here too.
 """
 
 from __future__ import annotations
@@ -64,20 +66,6 @@ logger = logging.getLogger("fastws")
 _READ_SIZE = 256 * 1024
 # The largest scratch buffer a thread keeps between large client frames (see _send_masked).
 _SCRATCH_KEEP = 4 * 1024 * 1024
-# Replies made while handling one read leave in batches. With several peers ready in the
-# same loop iteration, the process is the bottleneck and one send per read costs least.
-# With one peer active, the first reply leaves at once and the rest every _BATCH_FRAMES
-# frames: the peer starts refilling its window while we work, so the window stays split
-# in several bursts in flight. Send too rarely and it clumps into one burst per round
-# trip (both sides then sleep through each other's wake-up: half the throughput, more
-# CPU per message); send too often and syscalls dominate. On this 2-core machine, with
-# 16 in flight on one connection: 2 -> 421k msg/s, 3 -> 269k, 4 -> 236k, once per read
-# -> 209k, every frame -> 299k (python bench/echo/run.py cells; the commit log has them).
-# A client is the other way round: it drives, and its peer does not wait on it; sending
-# once per read (after the eager first reply) makes the client pipelined 32 B run
-# 295k -> 317k msg/s against picows.
-_BATCH_FRAMES = 2
-_NO_BATCH_LIMIT = 1 << 30
 _NO_CAP = 1 << 62
 _IOV_MAX = 512
 _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -183,6 +171,7 @@ class Connection(ConnectionCore):
         except OSError:
             self.peername = None
         self._sock: socket.socket = sock
+        self._fd = sock.fileno()
         self._tls = ssl_context is not None
         self._mode = _TLS_HANDSHAKE if self._tls else (_CLIENT_HANDSHAKE if is_client else _HTTP)
         self._read_buffer, self._read_view = _thread_read_buffer()
@@ -193,7 +182,6 @@ class Connection(ConnectionCore):
         self._writer_registered = False
         self._corked = False
         self._eager = False
-        self._batch_frames = _BATCH_FRAMES
         self._writing_paused = False
         self._shutdown_after_flush = False
         self._overflowed = False
@@ -536,7 +524,8 @@ class Connection(ConnectionCore):
         self.loop.remove_reader(sock)
         self._established()
 
-    def _on_readable(self) -> None:
+    def _on_readable_py(self) -> None:
+        """Reading outside the C path (ConnectionCore._on_readable): HTTP, handshakes, TLS."""
         sock = self._sock
         while True:
             try:
@@ -546,22 +535,15 @@ class Connection(ConnectionCore):
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 n = 0
             except OSError as exc:
-                self.error = exc
-                self._finish(CloseCode.ABNORMAL, f"connection lost: {exc}")
+                self._read_failed(exc)
                 return
             if n == 0:
                 self._on_eof()
                 return
             self._corked = True
-            if self.loop._busy:
-                # Other peers are waiting too: one send after the whole read.
-                self._eager = False
-                self._batch_frames = _NO_BATCH_LIMIT
-            else:
-                # The only peer: answer the first frame at once, then every few, so it
-                # can go on sending while we work through the rest.
-                self._eager = not self._write_queue
-                self._batch_frames = _NO_BATCH_LIMIT if self.is_client else _BATCH_FRAMES
+            # As in ConnectionCore._on_readable: one send after the read, a server's first
+            # reply at once when this is the only peer ready.
+            self._eager = not self.is_client and not self.loop._busy and not self._write_queue
             try:
                 self._data_received(self._read_view[:n])
             except Exception as exc:
@@ -577,6 +559,10 @@ class Connection(ConnectionCore):
             if (not (self._tls and isinstance(sock, ssl.SSLSocket) and sock.pending())
                     or self._reading_paused or self._mode == _CLOSED):
                 return
+
+    def _read_failed(self, exc: OSError) -> None:
+        self.error = exc
+        self._finish(CloseCode.ABNORMAL, f"connection lost: {exc}")
 
     def _data_received(self, data: memoryview) -> None:
         if self._input_closed:
@@ -924,15 +910,6 @@ class Connection(ConnectionCore):
         else:
             self._finish(CloseCode.ABNORMAL, "write buffer overflow")
 
-    def flush(self) -> None:
-        """Send what is queued now (writes made during a read are flushed after it)."""
-        if self._write_queue:
-            if not self._writer_registered and self._mode != _TLS_HANDSHAKE:
-                self._send_queued()
-        elif self._shutdown_after_flush and not self._corked:
-            # Asked to close during a read with nothing left to send: do it now.
-            self._shutdown_output()
-
     def _send_queued(self) -> None:
         queue = self._write_queue
         sock = self._sock
@@ -964,6 +941,12 @@ class Connection(ConnectionCore):
                 else:
                     queue[0] = memoryview(head)[sent:]
                     sent = 0
+        self._after_send()
+
+    def _after_send(self) -> None:
+        """After a send: wait for the socket to drain, or stop waiting; resume writing."""
+        queue = self._write_queue
+        sock = self._sock
         if queue:
             cap = self.limits.max_write_buffer
             if cap is not None and self._write_size > cap and not self._overflowed:
@@ -1029,6 +1012,7 @@ class Connection(ConnectionCore):
         if not loop.is_closed:
             loop.remove_reader(self._sock)
             loop.remove_writer(self._sock)
+        self._fd = -1
         try:
             self._sock.close()
         except OSError:

@@ -23,7 +23,7 @@ import threading
 import time as _time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 __all__ = ["HasFileno", "Loop", "Timer", "default_loop"]
 
@@ -35,6 +35,9 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 # epoll takes its timeout in milliseconds as a C int; an unbounded float would overflow it, and
 # waking once a day to recompute costs nothing.
 _MAX_SELECT_TIMEOUT = 24 * 3600.0
+# Busy polling: after I/O the loop polls for up to this long before it sleeps (see Loop).
+DEFAULT_BUSY_POLL = 25e-6
+_MIN_SPIN = 2e-6
 
 # Compacting the heap is O(n); below this many cancelled entries the garbage is too small to be
 # worth it, above it we compact once they outnumber the live timers, which keeps the cost amortised
@@ -142,7 +145,12 @@ class Loop:
     Only ``call_soon_threadsafe`` may be called from another thread; every other method belongs to
     the thread that runs the loop. After ``close()`` every method except ``close()``, ``time()``
     and ``is_running`` raises ``RuntimeError``.
+
+    ``busy_poll`` (seconds, default 25 us): after I/O, poll this long for the next event before
+    sleeping, adapting to the traffic; ``0`` always sleeps at once (see docs/performance.md).
     """
+
+    DEFAULT_BUSY_POLL: ClassVar[float] = DEFAULT_BUSY_POLL
 
     __slots__ = (
         "_selector",
@@ -154,6 +162,8 @@ class Loop:
         "_in_iteration",
         "_stopping",
         "_busy",
+        "_busy_poll",
+        "_spin",
         "_clock_resolution",
         "_wakeup_write",
         "_wakeup_pending",
@@ -162,7 +172,9 @@ class Loop:
         "__weakref__",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, busy_poll: float = DEFAULT_BUSY_POLL) -> None:
+        if not 0.0 <= busy_poll < float("inf"):
+            raise ValueError(f"busy_poll must be finite seconds >= 0, not {busy_poll!r}")
         self._selector: selectors.BaseSelector | None = selectors.DefaultSelector()
         self._ready: collections.deque[Timer] = collections.deque()
         # Entries are (when, sequence, timer): tuples compare in C, and the sequence number both
@@ -176,6 +188,16 @@ class Loop:
         # More than one descriptor ready in this iteration: the process is busy serving
         # several peers, and connections batch their replies fully (see Connection).
         self._busy = False
+        # Going to sleep and being woken costs a process more CPU time than polling for a
+        # few microseconds (15-20 us on a VM), and it adds that much latency to every reply.
+        # So when the next event tends to come within `busy_poll` of the last one (a peer
+        # that streams or answers quickly), the loop polls for it instead of sleeping: spin
+        # then block, with the spin adapted as in Linux's haltpoll. `_spin` doubles when an
+        # event ended a sleep after less than 2 * busy_poll (the measure includes the
+        # wake-up itself) and halves otherwise, so an idle or sparse loop stops spinning
+        # after a few wake-ups.
+        self._busy_poll = float(busy_poll)
+        self._spin = self._busy_poll
         self._clock_resolution = _time.get_clock_info("monotonic").resolution
         self._wakeup_pending = False
         self._eventfd = -1
@@ -187,6 +209,11 @@ class Loop:
             self._selector.close()
             self._selector = None
             raise
+
+    @property
+    def busy_poll(self) -> float:
+        """Longest poll for the next event before sleeping, in seconds (0: off)."""
+        return self._busy_poll
 
     # -- wakeup --------------------------------------------------------------------------------
 
@@ -464,7 +491,10 @@ class Loop:
             elif timeout > _MAX_SELECT_TIMEOUT:
                 timeout = _MAX_SELECT_TIMEOUT
 
-        ready_fds = selector.select(timeout)
+        if self._busy_poll and timeout != 0.0:
+            ready_fds = self._poll_then_sleep(selector, timeout)
+        else:
+            ready_fds = selector.select(timeout)
         self._busy = len(ready_fds) > 1
         for key, events in ready_fds:
             callbacks: _FdCallbacks = key.data
@@ -514,6 +544,32 @@ class Loop:
             except BaseException:
                 logger.exception("fastws: exception in callback %s", _describe(callback))
 
+    def _poll_then_sleep(
+        self, selector: selectors.BaseSelector, timeout: float | None
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        ready_fds = selector.select(0)
+        if ready_fds:
+            return ready_fds
+        monotonic = _time.monotonic
+        start = now = monotonic()
+        spin = self._spin if timeout is None else min(self._spin, timeout)
+        if spin:
+            end = start + spin
+            while now < end:
+                ready_fds = selector.select(0)
+                if ready_fds:
+                    return ready_fds
+                now = monotonic()
+            if timeout is not None:
+                timeout = max(0.0, timeout - (now - start))
+        ready_fds = selector.select(timeout)
+        slept = monotonic() - now
+        if ready_fds and slept < 2.0 * self._busy_poll:
+            self._spin = min(max(self._spin * 2.0, _MIN_SPIN), self._busy_poll)
+        elif self._spin:
+            self._spin = 0.0 if self._spin < 2.0 * _MIN_SPIN else self._spin / 2.0
+        return ready_fds
+
     # -- closing -------------------------------------------------------------------------------
 
     @property
@@ -556,6 +612,7 @@ class Loop:
         self._selector = selectors.DefaultSelector()
         self._sequence = itertools.count()
         self._wakeup_pending = False
+        self._spin = self._busy_poll
         self._open_wakeup()
 
     def __enter__(self) -> Loop:

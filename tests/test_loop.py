@@ -602,3 +602,59 @@ def test_context_manager_closes() -> None:
     with Loop() as lp:
         assert not lp.is_closed
     assert lp.is_closed
+
+
+# -- busy polling ------------------------------------------------------------------------------
+
+
+def test_busy_poll_must_be_a_non_negative_number() -> None:
+    for bad in (-1e-6, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="busy_poll"):
+            Loop(busy_poll=bad)
+    with Loop(busy_poll=0) as lp:
+        assert lp.busy_poll == 0
+    with Loop() as lp:
+        assert lp.busy_poll == Loop.DEFAULT_BUSY_POLL > 0
+
+
+def test_busy_poll_stops_when_the_loop_is_idle() -> None:
+    # Every wake-up here comes from a timer well after busy_poll: polling would only burn
+    # CPU, so the poll window shrinks to nothing after a few of them.
+    with Loop(busy_poll=50e-6) as lp:
+        ticks: list[int] = []
+        for i in range(8):
+            lp.call_later(0.002 * (i + 1), ticks.append, i)
+        run_until(lp, lambda: len(ticks) == 8)
+        assert ticks == list(range(8))
+        assert lp._spin == 0
+
+
+def test_busy_poll_grows_back_when_events_come_quickly(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # A peer that answers within microseconds: every event ends a poll or a short sleep,
+    # so the loop polls for the next one again.
+    a, b = pair
+    with Loop(busy_poll=10e-3) as lp:
+        lp._spin = 0.0
+        received: list[bytes] = []
+
+        def on_readable() -> None:
+            received.append(a.recv(100))
+            if len(received) < 20:
+                threading.Timer(0.0005, b.send, (b"x",)).start()
+
+        lp.add_reader(a, on_readable)
+        b.send(b"x")
+        run_until(lp, lambda: len(received) == 20)
+        assert lp._spin > 0
+
+
+def test_busy_poll_keeps_timers_and_threadsafe_wakeups_on_time(loop: Loop) -> None:
+    # While the loop polls, a due timer still runs and another thread's call still
+    # wakes it: polling never waits past the select timeout.
+    fired: list[str] = []
+    loop.call_later(0.001, fired.append, "timer")
+    threading.Timer(0.003, loop.call_soon_threadsafe, (fired.append, "thread")).start()
+    run_until(loop, lambda: len(fired) == 2)
+    assert fired == ["timer", "thread"]
