@@ -241,6 +241,8 @@ class Connection(ConnectionCore):
 
     @property
     def socket(self) -> socket.socket:
+        """The connection's socket, for options and addresses. Do not read, write or close
+        it: the connection does its I/O on the descriptor directly; use close() or abort()."""
         return self._sock
 
     def respond(self, response: Response) -> None:

@@ -37,6 +37,9 @@ SCENARIOS = [  # name, connections, messages in flight per connection
     ("100 connections", 100, 16),
 ]
 CLIENT_SCENARIOS = SCENARIOS[:2]
+# The clients run against each of these servers in turn: the fastest one, so that the client is
+# what limits the run, and picows, so that no client is measured only against its own server.
+CLIENT_SERVERS = ["fastws", "picows (uvloop)"]
 
 
 def human_size(n: int) -> str:
@@ -54,6 +57,8 @@ def servers(build: str) -> list[dict]:
                   "--max-message-size", str(64 << 20)]
     return [
         {"name": "fastws", "cmd": lambda p: fastws_cmd + ["--port", str(p)], "memory": True},
+        {"name": "fastws (busy-poll off)", "cmd": lambda p: fastws_cmd + ["--port", str(p), "--busy-poll", "0"],
+         "memory": False},
         {"name": "fastws (2 workers)", "cmd": lambda p: fastws_cmd + ["--port", str(p), "--workers", "2"],
          "memory": False},
         {"name": "picows (asyncio)", "cmd": lambda p: [PY, f"{HERE}/servers/picows_echo.py", "--port", str(p)],
@@ -339,6 +344,9 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
           f"- Server pinned to CPU {SERVER_CPU}, load generator / client pinned to CPU {LOAD_CPU}. "
           "`fastws (2 workers)` is pinned to CPU 0 too (both workers share it), so it shows the cost of "
           "the multi-process mode, not a speed-up.",
+          "- `fastws` runs with its defaults: after I/O its loop polls for up to 25 µs for the next event "
+          "before it sleeps (adaptive; docs/performance.md). `fastws (busy-poll off)` is the same server "
+          "with `--busy-poll 0`: it sleeps at once, as the peers do. Server CPU includes the polling.",
           f"- Each run: {args.warmup} s warm-up, then {args.duration} s measured; {args.repeat} repeat(s), "
           "interleaved across servers (A B C A B C per cell). Numbers: median (min-max) over repeats.",
           "- Server CPU µs/msg: utime+stime of the server process tree from /proc/PID/stat (10 ms ticks) "
@@ -418,20 +426,24 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
         L.append("")
     if client_runs:
         L += ["## Clients", "",
-              "Each client against the same server (picows on uvloop, pinned to CPU 0), client pinned to "
+              "Each client against the same server, pinned to CPU 0: first fastws (the fastest server here, "
+              "so that the client is the limit), then picows on uvloop. Client pinned to "
               "CPU 1. Python clients keep the messages in flight from their callbacks/coroutines and "
               "compare every echo with what they sent. Client CPU µs/msg: the client's own process CPU "
               "time (`time.process_time`, CLOCK_PROCESS_CPUTIME_ID in C) over the measured window / "
               "messages. The C loadgen row is the reference for what the server can take.", ""]
-        for scen in CLIENT_SCENARIOS:
+        for against, scen in [(a, sc) for a in CLIENT_SERVERS for sc in CLIENT_SCENARIOS]:
             sname, conns, inflight = scen
-            L += [f"### {sname} ({inflight} in flight)", "",
+            runs_here = [r for r in client_runs if r.get("against", "picows (uvloop)") == against]
+            if not runs_here:
+                continue
+            L += [f"### {sname} ({inflight} in flight), against the {against} server", "",
                   "| client | " + " | ".join(human_size(s) for s in args.sizes) + " |",
                   "|---|" + "---|" * len(args.sizes)]
             for c in CLIENTS:
                 cells = []
                 for size in args.sizes:
-                    runs = [r for r in client_runs if r["client"] == c and r["scenario"] == sname
+                    runs = [r for r in runs_here if r["client"] == c and r["scenario"] == sname
                             and r["size"] == size]
                     okruns = [r for r in runs if r.get("ok")]
                     s = summary([r["msgs_per_s"] for r in okruns])
@@ -552,23 +564,26 @@ def main() -> None:
                     problems.append(f"{spec['name']} idle memory: {m.get('error', 'server died')}")
 
     if "clients" in args.only:
-        spec = [s for s in servers(build) if s["name"] == "picows (uvloop)"][0]
-        server = Server(spec, build)
-        try:
-            for scen in CLIENT_SCENARIOS:
-                for size in args.sizes:
-                    for rep in range(args.repeat):
-                        for client in CLIENTS:
-                            r = run_client(build, client, server.port, scen, size, args.duration, args.warmup)
-                            client_runs.append(r)
-                            print(f"client {scen[0]:>10} {human_size(size):>7} #{rep} {client:<11} "
-                                  f"{r.get('msgs_per_s', 0):>12,.0f} msg/s  cpu "
-                                  f"{fmt_us(r.get('client_cpu_us_per_msg'))} us/msg  "
-                                  f"{'ok' if r.get('ok') else 'FAIL ' + str(r.get('error'))}", flush=True)
-                            server.ensure(f"after client {client} {scen[0]} {human_size(size)}")
-        finally:
-            problems += [f"client-side server {c}" for c in server.crashes]
-            server.stop()
+        for against in CLIENT_SERVERS:
+            spec = [s for s in servers(build) if s["name"] == against][0]
+            server = Server(spec, build)
+            try:
+                for scen in CLIENT_SCENARIOS:
+                    for size in args.sizes:
+                        for rep in range(args.repeat):
+                            for client in CLIENTS:
+                                r = run_client(build, client, server.port, scen, size, args.duration,
+                                               args.warmup)
+                                r["against"] = against
+                                client_runs.append(r)
+                                print(f"client vs {against:<15} {scen[0]:>10} {human_size(size):>7} #{rep} "
+                                      f"{client:<11} {r.get('msgs_per_s', 0):>12,.0f} msg/s  cpu "
+                                      f"{fmt_us(r.get('client_cpu_us_per_msg'))} us/msg  "
+                                      f"{'ok' if r.get('ok') else 'FAIL ' + str(r.get('error'))}", flush=True)
+                                server.ensure(f"after client {client} {scen[0]} {human_size(size)}")
+            finally:
+                problems += [f"client-side server {against} {c}" for c in server.crashes]
+                server.stop()
         note_problems(client_runs, "client")
 
     # server logs: anything that looks like a traceback or error is a problem worth reporting
