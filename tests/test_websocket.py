@@ -3,6 +3,8 @@
 Each test runs in the clear and under TLS (the `transport` fixture).
 """
 
+import socket
+import struct
 import time
 
 import pytest
@@ -394,3 +396,58 @@ def test_user_stage_sees_both_directions_and_can_be_removed(start_server, transp
     assert client.frames[1].data == b"y"
     conn.close()
     run_until(loop, lambda: client.closed)
+
+
+def _reset(client) -> None:
+    """Drop the TCP connection with a reset (RST), as a crashed peer's kernel does."""
+    sock = client.sock
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_peer_reset_fails_that_connection_only(start_server, raw_client, transport):
+    # The reset reaches the server's read (which runs in C for a plain-TCP connection):
+    # that connection is reported closed with 1006 and the error, the others go on.
+    # (Through TLS, Python's ssl module reports a reset as an unclean EOF: no error.)
+    recorder = Recorder(echo=True)
+    server = start_server(recorder)
+    other = raw_client(server.port)
+    victim = raw_client(server.port)
+    victim.send(OpCode.TEXT, b"before the reset")
+    assert victim.recv_message().data == b"before the reset"
+    _reset(victim)
+    wait_for(lambda: recorder.closed)
+    assert recorder.closed[0][0] == 1006
+    failed = [conn for conn in recorder.conns if conn.closed]
+    assert len(failed) == 1
+    if transport.name == "clear":
+        assert isinstance(failed[0].error, ConnectionResetError)
+        assert recorder.closed[0][1].startswith("connection lost")
+    other.send(OpCode.BINARY, b"still here")
+    assert other.recv_message().data == b"still here"
+
+
+def test_sending_to_a_reset_peer_closes_with_1006(start_server, raw_client):
+    # The server keeps sending after the peer is gone, and does not read (so only a send
+    # can see the reset): the failed send (EPIPE or ECONNRESET) closes the connection
+    # once, with 1006; nothing raises into the handler.
+    class Streamer(Recorder):
+        def on_upgraded(self, conn):
+            super().on_upgraded(conn)
+            conn.pause_reading()
+            self.tick(conn)
+
+        def tick(self, conn):
+            if conn.is_open:
+                conn.send_binary(b"x" * 1000)
+                conn.call_later(0.001, self.tick, conn)
+
+    recorder = Streamer()
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    client.recv_message()
+    _reset(client)
+    wait_for(lambda: recorder.closed)
+    assert recorder.closed == [(1006, recorder.closed[0][1])]
+    assert recorder.closed[0][1].startswith("connection lost")
+    assert isinstance(recorder.conns[0].error, OSError)
