@@ -1,6 +1,7 @@
 # cython: language_level=3
-"""The connection's hot paths in C: inbound (the default chain fused into the parser)
-and outbound (ConnectionCore: send, encode, queue and batch).
+"""The connection's hot paths in C: inbound (the default chain fused into the parser),
+outbound (ConnectionCore: send, encode, queue and batch) and, for an upgraded plain-TCP
+connection, the socket calls themselves (ConnectionCore._on_readable and _send_c).
 
 Most connections run the default chain, AutoPong then Consolidate. Running those as
 Python stages costs several Python calls per frame; `FusedReader` does the same work
