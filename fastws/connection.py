@@ -542,10 +542,7 @@ class Connection(ConnectionCore):
             if n == 0:
                 self._on_eof()
                 return
-            self._corked = True
-            # As in ConnectionCore._on_readable: one send after the read, a server's first
-            # reply at once when this is the only peer ready.
-            self._eager = not self.is_client and not self.loop._busy and not self._write_queue
+            self._cork()
             try:
                 self._data_received(self._read_view[:n])
             except Exception as exc:
