@@ -1,8 +1,8 @@
 """fastws: a fast, strict WebSocket (RFC 6455) server and client.
 
-The codec (frames, masking, UTF-8 validation, parsing and encoding) is a Cython
-extension built on the C headers in include/fastws/; the event loop, HTTP
-server, client and stage chain are plain Python around it.
+The codec (frames, masking, UTF-8 validation, parsing and encoding) and the sans-I/O
+WebSocket protocol are Cython extensions built on the C headers in include/fastws/; the
+event loop, HTTP server, client and stage chain are Python around them (docs/architecture.md).
 """
 
 import os as _os
@@ -20,12 +20,15 @@ from ._codec import (
     mask,
     parse_close,
 )
+from ._protocol import Close, Protocol, State
 from ._version import __version__
 from .client import connect
-from .connection import Connection, Limits
+from .connection import Connection
 from .deflate import Deflate, DeflateOptions
+from .handler import Handler
 from .handshake import HandshakeError, accept
 from .http import Headers, HttpError, Request, Response
+from .limits import Limits
 from .loop import Loop, Timer, default_loop
 from .server import Server, serve
 from .stages import AutoPing, AutoPong, Consolidate, Stage
@@ -49,6 +52,7 @@ def get_include() -> str:
 __all__ = [
     "AutoPing",
     "AutoPong",
+    "Close",
     "CloseCode",
     "Connection",
     "Consolidate",
@@ -56,17 +60,20 @@ __all__ = [
     "DeflateOptions",
     "Frame",
     "FrameParser",
+    "Handler",
     "HandshakeError",
     "Headers",
     "HttpError",
     "Limits",
     "Loop",
     "OpCode",
+    "Protocol",
     "ProtocolError",
     "Request",
     "Response",
     "Server",
     "Stage",
+    "State",
     "Timer",
     "Utf8Validator",
     "__version__",

@@ -7,6 +7,15 @@
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
+# Opcodes (RFC 6455 5.2), for C-level code; fastws.OpCode is the Python enum of the same values.
+cdef enum:
+    OP_CONTINUATION = 0
+    OP_TEXT = 1
+    OP_BINARY = 2
+    OP_CLOSE = 8
+    OP_PING = 9
+    OP_PONG = 10
+
 cdef extern from "fastws/mask.h":
     size_t fastws_mask_copy(uint8_t *dst, const uint8_t *src, size_t n,
                             const uint8_t *key, size_t offset) nogil
@@ -69,7 +78,7 @@ cdef class FrameParser:
     cdef int _check_text(self, const uint8_t *data, Py_ssize_t length, bint last) except -1
     cdef int _emit(self, bytes payload, const uint8_t *data, Py_ssize_t pos,
                    Py_ssize_t length) except -1
-    cdef int fail(self, int code, str reason) except -1
+    cdef int report_violation(self, int code, str reason) except -1
     # Override points for Cython subclasses; the defaults call on_frame / on_error.
     cdef int handle_frame(self, bint fin, int rsv, int opcode, bint masked,
                           uint32_t key, bytes payload) except -1
@@ -78,6 +87,8 @@ cdef class FrameParser:
 
 cdef Py_ssize_t encode_header(uint8_t *out, bint fin, int rsv, int opcode,
                               uint64_t length, bint masked, uint32_t key) noexcept nogil
+cdef bytes encode_frame_c(int opcode, object data, bint fin, int rsv, bint masked,
+                          uint32_t key)
 cpdef bytes encode_frame(int opcode, object data, bint fin=*, int rsv=*, object masking_key=*)
 cpdef Py_ssize_t encode_into(bytearray out, int opcode, object data, bint fin=*, int rsv=*,
                              object masking_key=*, Py_ssize_t at=*) except -1

@@ -22,12 +22,12 @@ from libc.string cimport memcpy
 
 
 class OpCode(enum.IntEnum):
-    CONTINUATION = 0
-    TEXT = 1
-    BINARY = 2
-    CLOSE = 8
-    PING = 9
-    PONG = 10
+    CONTINUATION = OP_CONTINUATION
+    TEXT = OP_TEXT
+    BINARY = OP_BINARY
+    CLOSE = OP_CLOSE
+    PING = OP_PING
+    PONG = OP_PONG
 
 
 class CloseCode(enum.IntEnum):
@@ -372,6 +372,11 @@ cpdef bytes encode_frame(int opcode, object data, bint fin=True, int rsv=0,
     """Wire bytes of one frame: header and (masked) payload in a single bytes object."""
     cdef uint32_t key = 0
     cdef bint masked = _parse_key(masking_key, &key)
+    return encode_frame_c(opcode, data, fin, rsv, masked, key)
+
+
+cdef bytes encode_frame_c(int opcode, object data, bint fin, int rsv, bint masked,
+                          uint32_t key):
     cdef uint8_t header[14]
     cdef Py_ssize_t header_len
     cdef Py_buffer view
@@ -636,20 +641,20 @@ cdef class FrameParser:
         cdef Py_ssize_t offset = 2
         cdef int i
         if (opcode >= 3 and opcode <= 7) or opcode >= 11:
-            self.fail(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}")
+            self.report_violation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}")
             return 1
         if rsv and (opcode == 0 or _is_control(opcode) or rsv & ~self._allowed_rsv):
-            self.fail(CloseCode.PROTOCOL_ERROR, f"reserved bits set (RSV={rsv:03b}) on opcode {opcode}")
+            self.report_violation(CloseCode.PROTOCOL_ERROR, f"reserved bits set (RSV={rsv:03b}) on opcode {opcode}")
             return 1
         if _is_control(opcode):
             if not (b0 & 0x80):
-                self.fail(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+                self.report_violation(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
                 return 1
             if length > 125:
-                self.fail(CloseCode.PROTOCOL_ERROR, "control frame payload over 125 bytes")
+                self.report_violation(CloseCode.PROTOCOL_ERROR, "control frame payload over 125 bytes")
                 return 1
         if ((b1 & 0x80) != 0) != self.expect_mask:
-            self.fail(CloseCode.PROTOCOL_ERROR,
+            self.report_violation(CloseCode.PROTOCOL_ERROR,
                       "unmasked frame from a client" if self.expect_mask
                       else "masked frame from a server")
             return 1
@@ -662,10 +667,10 @@ cdef class FrameParser:
                 length = (length << 8) | h[2 + i]
             offset = 10
             if length >> 63:
-                self.fail(CloseCode.PROTOCOL_ERROR, "64-bit payload length with the top bit set")
+                self.report_violation(CloseCode.PROTOCOL_ERROR, "64-bit payload length with the top bit set")
                 return 1
         if self._max_frame_size >= 0 and length > <uint64_t>self._max_frame_size:
-            self.fail(CloseCode.MESSAGE_TOO_BIG,
+            self.report_violation(CloseCode.MESSAGE_TOO_BIG,
                       f"frame of {length} bytes exceeds max_frame_size={self._max_frame_size}")
             return 1
         self._fin = (b0 & 0x80) != 0
@@ -692,10 +697,10 @@ cdef class FrameParser:
         """Validate payload bytes of a text message; 1 after failing with 1007."""
         self._utf8_state = fastws_utf8_feed(self._utf8_state, data, <size_t>length)
         if self._utf8_state == FASTWS_UTF8_REJECT:
-            self.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
+            self.report_violation(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
             return 1
         if last and self._fin and self._utf8_state != FASTWS_UTF8_ACCEPT:
-            self.fail(CloseCode.INVALID_DATA, "text message ends inside a UTF-8 sequence")
+            self.report_violation(CloseCode.INVALID_DATA, "text message ends inside a UTF-8 sequence")
             return 1
         return 0
 
@@ -718,7 +723,7 @@ cdef class FrameParser:
         self._backlog = None
         self._header_len = self._filled = self._capacity = 0
 
-    cdef int fail(self, int code, str reason) except -1:
+    cdef int report_violation(self, int code, str reason) except -1:
         """Report a violation once; all later input is ignored."""
         if self._state == ST_FAILED:
             return 0

@@ -1,10 +1,10 @@
-"""permessage-deflate (RFC 7692): the negotiation, both sides, and the `Deflate` stage.
+"""permessage-deflate (RFC 7692): the negotiation, both sides, and the `Deflate` extension.
 
 Negotiation works on the parsed `Sec-WebSocket-Extensions` values of `fastws.handshake`
 (`parse_extensions` / `format_extensions`):
 
 * server: `negotiate_server(offers, options)` picks the first acceptable permessage-deflate
-  offer and returns the answer's value and a configured `Deflate` stage (or None). Offers
+  offer and returns the answer's value and a configured `Deflate` extension (or None). Offers
   with unknown, repeated or malformed parameters are skipped, and so is an offer demanding
   `server_max_window_bits=8`: zlib cannot compress raw deflate with a 256-byte window (it
   silently uses 512 bytes, which a strict peer cannot inflate), so we decline rather than
@@ -18,14 +18,15 @@ Negotiation works on the parsed `Sec-WebSocket-Extensions` values of `fastws.han
 and `conn.upgrade(compression=...)` take: True means `DeflateOptions()`, False or None turns
 permessage-deflate off, a dict is passed to `DeflateOptions(**dict)`.
 
-The stage sits between AutoPong and Consolidate (from the wire: AutoPong, Deflate,
-Consolidate). Inbound, messages whose first frame has RSV1 are inflated fragment by fragment
-(never more than max_message_size + 1 bytes: 1009 as soon as the limit is passed, so a
-decompression bomb costs no more memory than a legal message); decompressed text is checked
-as UTF-8 here (1007), since the frame parser skips compressed messages; data that does not
-inflate fails with 1007. Outbound, text and binary messages of at least `min_size` bytes
-(default 0: all; a fragmented message is always compressed, decided at its first frame) are
-deflated, each fragment with Z_SYNC_FLUSH, RSV1 on the first frame only; control frames pass.
+`Deflate` is an extension of the connection's protocol (fastws._protocol), not a stage: the
+protocol hands it every frame of a message whose first frame has RSV1, and the outgoing data
+frames. Inbound it inflates fragment by fragment, never more than the protocol's remaining
+message size plus one byte (the protocol fails with 1009 as soon as the limit is passed, so
+a decompression bomb costs no more memory than a legal message; it also checks decompressed
+text as UTF-8); data that does not inflate fails with 1007. Outbound, text and binary
+messages of at least `min_size` bytes (default 0: all; a fragmented message is always
+compressed, decided at its first frame) are deflated, each fragment with Z_SYNC_FLUSH, RSV1
+on the first frame only; control frames are never compressed.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._codec import CloseCode, Frame, OpCode, Utf8Validator
-from .handshake import Extension, HandshakeError, format_extensions
-from .stages import Stage
+from ._codec import CloseCode, ProtocolError
+from .handshake import Extension, HandshakeError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -179,13 +179,13 @@ def _parse_params(params: Sequence[tuple[str, str | None]], *, offer: bool) -> d
 
 # ---------------------------------------------------------------------- server side
 
-def negotiate_server(offers: Sequence[Extension], options: DeflateOptions,
-                     **stage_settings: Any) -> tuple[Params, Deflate] | None:
+def negotiate_server(offers: Sequence[Extension],
+                     options: DeflateOptions) -> tuple[Params, Deflate] | None:
     """Accept the first acceptable permessage-deflate offer among `offers` (parsed).
 
     Returns the answer's parameters (format with `format_extensions([(EXTENSION_NAME,
-    params)])`) and the Deflate stage configured for the server, or None when no offer is
-    acceptable. `stage_settings` go to the Deflate constructor (max_message_size).
+    params)])`) and the Deflate extension configured for the server, or None when no offer
+    is acceptable.
     """
     for name, params in offers:
         if name.lower() != EXTENSION_NAME:
@@ -221,8 +221,7 @@ def negotiate_server(offers: Sequence[Extension], options: DeflateOptions,
                         min_size=options.min_size,
                         local_no_context_takeover=local_reset,
                         remote_no_context_takeover=remote_reset,
-                        local_max_window_bits=local_bits, remote_max_window_bits=remote_bits,
-                        **stage_settings)
+                        local_max_window_bits=local_bits, remote_max_window_bits=remote_bits)
         return answer, stage
     return None
 
@@ -243,15 +242,11 @@ def client_offer(options: DeflateOptions) -> Params:
     return params
 
 
-def client_offer_header(options: DeflateOptions) -> str:
-    return format_extensions([(EXTENSION_NAME, client_offer(options))])
-
-
-def negotiate_client(extensions: Sequence[Extension], offer: Params, options: DeflateOptions,
-                     **stage_settings: Any) -> Deflate | None:
+def negotiate_client(extensions: Sequence[Extension], offer: Params,
+                     options: DeflateOptions) -> Deflate | None:
     """Check the server's answer (its parsed Sec-WebSocket-Extensions) to our `offer`.
 
-    Returns the configured Deflate stage, None when the server declined, and raises
+    Returns the configured Deflate extension, None when the server declined, and raises
     NegotiationError when the answer is not one we can accept.
     """
     if not extensions:
@@ -293,27 +288,30 @@ def negotiate_client(extensions: Sequence[Extension], offer: Params, options: De
     return Deflate(level=options.level, mem_level=options.mem_level, min_size=options.min_size,
                    local_no_context_takeover=local_reset,
                    remote_no_context_takeover="server_no_context_takeover" in answer,
-                   local_max_window_bits=local_bits, remote_max_window_bits=remote_bits,
-                   **stage_settings)
+                   local_max_window_bits=local_bits, remote_max_window_bits=remote_bits)
 
 
-# ---------------------------------------------------------------------- the stage
+# ---------------------------------------------------------------------- the extension
 
-class Deflate(Stage):
-    """permessage-deflate on a connection: inflates inbound RSV1 messages, deflates outbound.
+class Deflate:
+    """permessage-deflate on a connection: an extension of its protocol (fastws._protocol).
 
     "local" is our compressor, "remote" the peer's (our decompressor). Built by the
-    negotiation (`negotiate_server` / `negotiate_client`); a Deflate put in a chain by hand
-    must match what was agreed with the peer. `max_message_size=None` uses the connection's
-    limit; the inflated size of a message never passes it by more than one byte.
-    `produced_max` is the largest inflated message (or part of one, when it failed) seen.
+    negotiation (`negotiate_server` / `negotiate_client`) and given to the connection's
+    protocol; `conn.find_stage(Deflate)` returns it. The protocol counts the decoded size
+    of each message against its limit and checks decoded text as UTF-8; `decode` never
+    returns more than that limit allows plus one byte, so a decompression bomb costs no
+    more memory than a legal message. `produced_max` is the largest inflated message (or
+    part of one, when it failed) seen.
     """
+
+    name = EXTENSION_NAME
+    rsv = 4                              # RSV1 marks a compressed message (RFC 7692 6)
 
     def __init__(self, *, level: int = 6, mem_level: int = 8, min_size: int = 0,
                  local_no_context_takeover: bool = False,
                  remote_no_context_takeover: bool = False,
-                 local_max_window_bits: int = 15, remote_max_window_bits: int = 15,
-                 max_message_size: int | None = None) -> None:
+                 local_max_window_bits: int = 15, remote_max_window_bits: int = 15) -> None:
         if not 9 <= local_max_window_bits <= 15:
             raise ValueError("local_max_window_bits must be 9..15 (zlib cannot compress with 8)")
         if not 8 <= remote_max_window_bits <= 15:
@@ -325,18 +323,13 @@ class Deflate(Stage):
         self.remote_no_context_takeover = remote_no_context_takeover
         self.local_max_window_bits = local_max_window_bits
         self.remote_max_window_bits = remote_max_window_bits
-        self.max_message_size = max_message_size
         self.produced_max = 0
-        # zlib.Compress / zlib.Decompress (typeshed's names for the types zlib does not export)
+        # zlib's objects are made when a message needs them, so an idle connection has none
+        # (zlib.Compress / zlib.Decompress: typeshed's names for types zlib does not export)
         self._compressor: zlib._Compress | None = None
         self._decompressor: zlib._Decompress | None = None
-        self._utf8 = Utf8Validator()
-        self._in_message = False        # inside a fragmented inbound message
-        self._inflating = False         # ... which is compressed
-        self._text = False
-        self._size = 0
-        self._out_message = False       # inside a fragmented outbound message
-        self._deflating = False         # ... which is compressed
+        self._size = 0                   # inflated bytes of the inbound message so far
+        self._deflating = False          # the outbound message in progress is compressed
 
     def __repr__(self) -> str:
         return (f"<Deflate local={self.local_max_window_bits}"
@@ -344,140 +337,62 @@ class Deflate(Stage):
                 f"remote={self.remote_max_window_bits}"
                 f"{'/reset' if self.remote_no_context_takeover else ''}>")
 
-    def _limit(self) -> int | None:
-        if self.max_message_size is not None:
-            return self.max_message_size
-        return self.conn.max_message_size if self.conn is not None else None
-
     # --- inbound
 
-    def on_frame_in(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode >= 8:
-            self._pass_in(frame)
-            return
-        conn = self.conn
-        assert conn is not None
-        if opcode == OpCode.CONTINUATION:
-            if not self._in_message:
-                conn.fail(CloseCode.PROTOCOL_ERROR,
-                          "continuation frame with no message to continue")
-                return
-            if not self._inflating:
-                self._in_message = not frame.fin
-                self._pass_in(frame)
-                return
-        else:
-            if self._in_message:
-                conn.fail(CloseCode.PROTOCOL_ERROR, "new message started inside a fragmented one")
-                return
-            self._in_message = not frame.fin
-            self._inflating = bool(frame.rsv & 4)
-            if not self._inflating:
-                self._pass_in(frame)
-                return
-            self._text = opcode == OpCode.TEXT
+    def decode(self, data: Buffer, first: bool, fin: bool, max_size: int) -> bytes:
+        """Inflate one frame of a compressed message; at most `max_size` + 1 bytes
+        (`max_size` < 0: no limit). Bad data raises ProtocolError (1007)."""
+        if first:
             self._size = 0
-            if self._text:
-                self._utf8.reset()
             if self._decompressor is None:
                 self._decompressor = zlib.decompressobj(wbits=-self.remote_max_window_bits)
-        if frame.fin:
-            self._in_message = False
-        data = self._inflate(frame.data, frame.fin)
-        if data is None:
-            return
-        self._pass_in(Frame(fin=frame.fin, rsv=frame.rsv & 3, opcode=opcode, data=data))
-
-    def _inflate(self, data: Buffer, fin: bool) -> bytes | None:
-        """Inflate one fragment (None after failing the connection)."""
-        conn = self.conn
-        assert conn is not None
         decompressor = self._decompressor
-        assert decompressor is not None       # made when the compressed message started
-        limit = self._limit()
+        assert decompressor is not None
         try:
-            if limit is None:
+            if max_size < 0:
                 out = decompressor.decompress(data)
                 if fin:
                     out += decompressor.decompress(_TAIL)
-                self._size += len(out)
             else:
-                # At most limit + 1 bytes in all: one past the limit proves the message is
-                # too big without ever holding more.
-                out = decompressor.decompress(data, limit - self._size + 1)
-                self._size += len(out)
-                if fin and self._size <= limit:
-                    more = decompressor.decompress(_TAIL, limit - self._size + 1)
-                    if more:
-                        out += more
-                        self._size += len(more)
+                # One byte past the limit proves the message too big without holding more.
+                out = decompressor.decompress(data, max_size + 1)
+                if fin and len(out) <= max_size:
+                    out += decompressor.decompress(_TAIL, max_size + 1 - len(out))
         except zlib.error as exc:
-            self._reset_inbound()
-            conn.fail(CloseCode.INVALID_DATA, f"invalid compressed data: {exc}")
-            return None
+            self._decompressor = None
+            raise ProtocolError(CloseCode.INVALID_DATA, f"invalid compressed data: {exc}") from None
+        self._size += len(out)
         self.produced_max = max(self.produced_max, self._size)
-        if limit is not None and self._size > limit:
-            self._reset_inbound()
-            conn.fail(CloseCode.MESSAGE_TOO_BIG,
-                      f"decompressed message exceeds max_message_size={limit}")
-            return None
-        if self._text and (not self._utf8.feed(out) or (fin and not self._utf8.finish())):
-            self._reset_inbound()
-            conn.fail(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
-            return None
         if fin:
             if decompressor.eof:
-                # The peer ended the deflate stream (BFINAL): the next message starts a new one.
+                # The peer ended the deflate stream (BFINAL): the next message starts anew.
                 if decompressor.unused_data not in (b"", _TAIL):
-                    self._reset_inbound()
-                    conn.fail(CloseCode.INVALID_DATA, "data after the end of a deflate stream")
-                    return None
+                    self._decompressor = None
+                    raise ProtocolError(CloseCode.INVALID_DATA,
+                                        "data after the end of a deflate stream")
                 self._decompressor = None
             elif self.remote_no_context_takeover:
                 self._decompressor = None
-            self._size = 0
         return out
-
-    def _reset_inbound(self) -> None:
-        self._decompressor = None
-        self._in_message = self._inflating = False
-        self._size = 0
 
     # --- outbound
 
-    def on_frame_out(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode >= 8:
-            self._pass_out(frame)
-            return
-        data = frame.data
-        if opcode == OpCode.CONTINUATION:
-            if not self._deflating:
-                self._out_message = not frame.fin
-                self._pass_out(frame)
-                return
-            rsv = frame.rsv & 3
-        else:
-            self._deflating = not frame.fin or len(data) >= self.min_size
-            if not self._deflating:
-                self._out_message = False
-                self._pass_out(frame)
-                return
-            rsv = (frame.rsv & 3) | 4
-        self._out_message = not frame.fin
+    def encode(self, data: Buffer, first: bool, fin: bool) -> tuple[Buffer, int]:
+        """Deflate one outgoing data frame: (payload, RSV bits). A whole message under
+        `min_size` bytes goes out as it is; a fragmented one is compressed throughout."""
+        if first:
+            self._deflating = not fin or memoryview(data).nbytes >= self.min_size
+        if not self._deflating:
+            return data, 0
         compressor = self._compressor
         if compressor is None:
             compressor = self._compressor = zlib.compressobj(
                 self.level, zlib.DEFLATED, -self.local_max_window_bits, self.mem_level)
         out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if frame.fin:
+        if fin:
             if out.endswith(_TAIL):
                 out = out[:-4]
             self._deflating = False
             if self.local_no_context_takeover:
                 self._compressor = None
-        self._pass_out(Frame(fin=frame.fin, rsv=rsv, opcode=opcode, data=out))
-
-    def on_detached(self) -> None:
-        self._compressor = self._decompressor = None
+        return out, (self.rsv if first else 0)

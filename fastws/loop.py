@@ -506,7 +506,7 @@ class Loop:
                     except (KeyboardInterrupt, SystemExit):
                         raise
                     except BaseException:
-                        logger.exception("fastws: exception in reader %s", _describe(callback))
+                        logger.exception("exception in reader %s", _describe(callback))
             if events & _EVENT_WRITE:
                 # Read afresh: the reader above may have removed or replaced the writer.
                 callback = callbacks.writer
@@ -516,7 +516,7 @@ class Loop:
                     except (KeyboardInterrupt, SystemExit):
                         raise
                     except BaseException:
-                        logger.exception("fastws: exception in writer %s", _describe(callback))
+                        logger.exception("exception in writer %s", _describe(callback))
 
         if heap:
             # Within one clock tick counts as due: select may return a hair early, and spinning
@@ -542,7 +542,7 @@ class Loop:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException:
-                logger.exception("fastws: exception in callback %s", _describe(callback))
+                logger.exception("exception in callback %s", _describe(callback))
 
     def _poll_then_sleep(
         self, selector: selectors.BaseSelector, timeout: float | None

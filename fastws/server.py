@@ -13,11 +13,12 @@ import os
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
-from .connection import Connection, Limits
+from .connection import Connection
 from .deflate import CompressionSetting, DeflateOptions, deflate_options
+from .limits import Limits
 from .loop import Loop, default_loop
 
 __all__ = ["Server", "serve"]
@@ -75,7 +76,7 @@ class Server:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of descriptors or memory: retrying at once would spin; wait a bit.
-                    logger.warning("fastws: cannot accept (%s); pausing accepts for 100 ms", exc)
+                    logger.warning("cannot accept (%s); pausing accepts for 100 ms", exc)
                     self._pause_accepting()
                     self.loop.call_later(0.1, self._resume_accepting)
                     return
@@ -152,6 +153,22 @@ class Server:
                 time.sleep(0.01)
         return True
 
+    def shutdown(self, then: Callable[[], object] | None = None) -> None:
+        """Close gracefully, then call `then` (default: stop the loop) once every connection
+        has finished, or after `close_timeout` (plus a little) at most."""
+        self.close()
+        loop = self.loop
+        deadline = loop.time() + self.limits.close_timeout + 0.5
+        done = then if then is not None else loop.stop
+
+        def wait() -> None:
+            if self.connections and loop.time() < deadline:
+                loop.call_later(0.02, wait)
+            else:
+                done()
+
+        wait()
+
     def _watch_parent(self, pipe: tuple[int, int] | None) -> None:
         """In a worker: when the parent closes its end of the pipe, shut down gracefully."""
         assert pipe is not None
@@ -161,15 +178,7 @@ class Server:
         def parent_gone() -> None:
             loop.remove_reader(read_end)
             os.close(read_end)
-            self.close()
-            deadline = loop.time() + self.limits.close_timeout + 0.5
-            stop_when_idle(deadline)
-
-        def stop_when_idle(deadline: float) -> None:
-            if self.connections and loop.time() < deadline:
-                loop.call_later(0.02, stop_when_idle, deadline)
-            else:
-                loop.stop()
+            self.shutdown()
 
         loop.add_reader(read_end, parent_gone)
 
@@ -253,7 +262,7 @@ def _start_worker(parent: Server, index: int, host: str, backlog: int) -> Server
         worker._watch_parent(parent._worker_pipe)
         return worker
     except BaseException:
-        logger.exception("fastws: worker %d could not start", index)
+        logger.exception("worker %d could not start", index)
         os._exit(1)
 
 

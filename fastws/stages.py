@@ -1,30 +1,39 @@
-"""The stage chain: per-connection links between the frame parser and the handler.
+"""The stage chain: per-connection links between the protocol and the handler.
 
-A connection's stages form a list ordered from the wire to the handler. A frame read
-from the peer enters the first stage's `on_frame_in` and travels towards the handler
+A connection's stages form a list ordered from the wire to the handler, above the
+protocol (fastws._protocol), which has applied every WebSocket rule by then. A frame from
+the peer enters the first stage's `on_frame_in` and travels towards the handler
 (`pass_in`); a frame the application sends enters the last stage's `on_frame_out` and
-travels towards the encoder (`pass_out`). A stage may pass a frame on, change it,
-swallow it, or produce new frames in either direction (AutoPong answers a ping by
-passing a pong out). Built-ins: `Consolidate` (fragment reassembly, message size limit,
-UTF-8 validation), `AutoPong`, `AutoPing`. Users subclass `Stage`.
+travels towards the protocol (`pass_out`). A stage may pass a frame on, change it,
+swallow it, or produce new frames in either direction. Users subclass `Stage`;
+`AutoPing` is the built-in one. An empty chain is the fast path: frames go straight
+between the protocol and the handler.
+
+`AutoPong` and `Consolidate` are switches of the protocol's own rules (answering pings,
+reassembling fragments), kept as Stage classes so that chains written for earlier fastws
+versions keep their meaning. `StageChain` sorts a chain into the two.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._codec import CloseCode, Frame, OpCode
 
 if TYPE_CHECKING:
+    from ._protocol import Protocol
     from .connection import Connection
     from .loop import Timer
 
-__all__ = ["AutoPing", "AutoPong", "Consolidate", "Stage"]
+__all__ = ["AutoPing", "AutoPong", "Consolidate", "Stage", "StageChain"]
 
 FrameSink = Callable[[Frame], None]
+
+logger = logging.getLogger("fastws")
 
 
 class Stage:
@@ -82,94 +91,43 @@ class Stage:
             self.on_detached()
         finally:
             self.conn = None
+            # The links are bound methods of neighbours and of the connection: dropping
+            # them leaves no reference cycle behind.
+            self.__dict__.pop("_pass_in", None)
+            self.__dict__.pop("_pass_out", None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 
 
 class Consolidate(Stage):
-    """Reassembles fragmented messages and enforces the message size limit.
+    """The switch for reassembly, which the connection's protocol does (fastws._protocol).
 
-    Fragments are delivered as one FIN frame with the first fragment's opcode and RSV.
-    Control frames between fragments pass straight through. A continuation with no
-    message to continue, or a new message inside a fragmented one, fails the connection
-    with 1002; a message growing past `max_message_size` fails with 1009 as soon as the
-    running total passes it. `max_message_size=None` uses the connection's limit.
-    (UTF-8 of text messages is checked earlier, by the connection's frame parser, as the
-    bytes arrive: 1007 at the first invalid byte, even inside a frame.)
+    In a chain given to `upgrade(stages=...)` (the default chain has it), the handler and
+    the stages get whole messages: fragments are joined into one FIN frame with the first
+    fragment's opcode. Without it (or after `remove_stage(Consolidate)`) they get each
+    frame as it arrives, still checked: fragment order, UTF-8 and the message size limit
+    apply either way. `max_message_size` overrides the connection's limit. It is not a
+    link of the chain: `conn.stages` does not list it, `conn.find_stage(Consolidate)` finds
+    it.
     """
 
     def __init__(self, max_message_size: int | None = None) -> None:
         self.max_message_size = max_message_size
-        self._parts: list[bytes] = []
-        self._opcode = -1              # opcode of the message in progress; -1 when none
-        self._rsv = 0
-        self._size = 0
-
-    def _limit(self) -> int | None:
-        if self.max_message_size is not None:
-            return self.max_message_size
-        return self.conn.max_message_size if self.conn is not None else None
-
-    def on_frame_in(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode >= 8:
-            self._pass_in(frame)
-            return
-        conn = self.conn
-        assert conn is not None
-        data = frame.data
-        limit = self._limit()
-        if opcode == OpCode.CONTINUATION:
-            if self._opcode < 0:
-                conn.fail(CloseCode.PROTOCOL_ERROR,
-                          "continuation frame with no message to continue")
-                return
-            self._size += len(data)
-        else:
-            if self._opcode >= 0:
-                conn.fail(CloseCode.PROTOCOL_ERROR, "new message started inside a fragmented one")
-                return
-            if frame.fin:
-                # The common case: a whole message in one frame.
-                if limit is not None and len(data) > limit:
-                    conn.fail(CloseCode.MESSAGE_TOO_BIG,
-                              f"message of {len(data)} bytes exceeds max_message_size={limit}")
-                else:
-                    self._pass_in(frame)
-                return
-            self._opcode = opcode
-            self._rsv = frame.rsv
-            self._size = len(data)
-        if limit is not None and self._size > limit:
-            self._reset()
-            conn.fail(CloseCode.MESSAGE_TOO_BIG,
-                      f"fragmented message passed max_message_size={limit}")
-            return
-        self._parts.append(data)
-        if frame.fin:
-            message = Frame(fin=True, rsv=self._rsv, opcode=self._opcode,
-                            data=b"".join(self._parts))
-            self._reset()
-            self._pass_in(message)
-
-    def _reset(self) -> None:
-        self._parts = []
-        self._opcode = -1
-        self._size = 0
-
-    def on_detached(self) -> None:
-        self._reset()
 
 
 class AutoPong(Stage):
-    """Answers every ping with a pong carrying the same payload; the handler never sees pings."""
+    """The switch for answering pings, which the connection's protocol does.
 
-    def on_frame_in(self, frame: Frame) -> None:
-        if frame.opcode == OpCode.PING:
-            self._pass_out(Frame(opcode=OpCode.PONG, data=frame.data))
-        else:
-            self._pass_in(frame)
+    On (the default chain has it), every ping is answered with a pong carrying its payload,
+    at once, and nobody above the protocol sees pings. Off (a chain without it, or after
+    `remove_stage(AutoPong)`), pings travel the chain to the handler unanswered: answering
+    them is then up to a stage or the handler. Not a link of the chain: `conn.stages` does
+    not list it, `conn.find_stage(AutoPong)` finds it.
+    """
+
+
+SWITCHES = (AutoPong, Consolidate)
 
 
 class AutoPing(Stage):
@@ -240,3 +198,107 @@ class AutoPing(Stage):
                 self.conn._notify("on_rtt", rtt)
                 return
         self._pass_in(frame)
+
+
+class StageChain:
+    """A connection's chain: the switches (protocol settings) and the linked stages.
+
+    `stages` is the connection's own list (`conn._stages`, which its C half reads), kept
+    linked: each stage passes in to the next stage (the last to `conn._deliver`) and out
+    to the previous one (the first to `conn._send_from_chain`).
+    """
+
+    def __init__(self, conn: Connection, protocol: Protocol, extension: object | None) -> None:
+        self.conn = conn
+        self.protocol = protocol
+        self.extension = extension          # permessage-deflate, found by find(Deflate)
+        self.stages: list[Stage] = conn._stages
+        self.switches: dict[type[Stage], Stage] = {}
+
+    def setup(self, stages: Sequence[Stage]) -> None:
+        """Take a chain as `upgrade(stages=...)` gives it: switches on, the rest linked."""
+        protocol = self.protocol
+        protocol.auto_pong = protocol.reassemble = False
+        for stage in stages:
+            self.add(stage, len(self.stages))
+
+    def add(self, stage: Stage, index: int = 0) -> None:
+        if stage.conn is not None or stage in self.switches.values():
+            raise ValueError(f"{stage!r} is already in a chain")
+        switch = _switch_type(stage)
+        if switch is not None:
+            self.switches[switch] = stage
+            self._apply_switches()
+            return
+        stages = self.stages
+        stages.insert(index if index >= 0 else len(stages) + 1 + index, stage)
+        stage.conn = self.conn
+        self._link()
+        stage.on_attached()
+
+    def remove(self, kind: Stage | type[Stage]) -> Stage:
+        found = self.find(kind) if isinstance(kind, type) else kind
+        switch = _switch_type(found) if found is not None else None
+        if found is not None and switch is not None and self.switches.get(switch) is found:
+            del self.switches[switch]
+            self._apply_switches()
+            return found
+        if found is None or found not in self.stages:
+            raise ValueError(f"{kind!r} is not in this connection's chain")
+        self.stages.remove(found)
+        self._link()
+        found._detach()
+        return found
+
+    def replace(self, old: Stage | type[Stage], new: Stage) -> Stage:
+        found = self.find(old) if isinstance(old, type) else old
+        in_chain = found is not None and found in self.stages
+        if found is None or not (in_chain or found in self.switches.values()):
+            raise ValueError(f"{old!r} is not in this connection's chain")
+        # A switch has no place in the chain: its replacement goes nearest the wire.
+        index = self.stages.index(found) if in_chain else 0
+        self.remove(found)
+        self.add(new, index if _switch_type(new) is None else 0)
+        return found
+
+    def find(self, kind: type | object) -> Stage | None:
+        for stage in [*self.switches.values(), *self.stages]:
+            if stage is kind or (isinstance(kind, type) and isinstance(stage, kind)):
+                return stage
+        extension = self.extension
+        if extension is not None and (extension is kind or (
+                isinstance(kind, type) and isinstance(extension, kind))):
+            return extension  # type: ignore[return-value]
+        return None
+
+    def detach_all(self) -> None:
+        stages = list(self.stages)
+        self.stages.clear()
+        for stage in stages:
+            try:
+                stage._detach()
+            except Exception:
+                logger.exception("exception in %r.on_detached", stage)
+
+    def _apply_switches(self) -> None:
+        protocol = self.protocol
+        protocol.auto_pong = AutoPong in self.switches
+        consolidate = self.switches.get(Consolidate)
+        protocol.reassemble = consolidate is not None
+        limit = getattr(consolidate, "max_message_size", None)
+        protocol.max_message_size = (limit if limit is not None
+                                     else self.conn.limits.max_message_size)
+
+    def _link(self) -> None:
+        stages = self.stages
+        conn = self.conn
+        for i, stage in enumerate(stages):
+            stage._pass_in = stages[i + 1].on_frame_in if i + 1 < len(stages) else conn._deliver
+            stage._pass_out = stages[i - 1].on_frame_out if i > 0 else conn._send_from_chain
+
+
+def _switch_type(stage: Stage) -> type[Stage] | None:
+    for switch in SWITCHES:
+        if isinstance(stage, switch):
+            return switch
+    return None

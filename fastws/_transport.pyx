@@ -1,0 +1,671 @@
+# cython: language_level=3
+"""One socket on a fastws Loop: reading, the write queue, batching, back-pressure and TLS.
+
+`Transport` moves bytes between a socket and the rest of a connection, and nothing else.
+Before the upgrade it hands what it reads to its listener (the Connection: HTTP, the
+client's handshake); after it, a WebSocket over plain TCP is read here in C, one `recv()`
+into the thread's read buffer, and the bytes go straight to the Protocol, which parses
+them in place. The Protocol writes back through the Sink interface this class implements.
+
+Writes made while a read is being handled are batched: they leave together, with one
+`send()`/`sendmsg()`, when the read is done (a server whose only ready peer is this one
+sends its first reply at once, so that the peer can go on while we work). Outside a read,
+every write is sent at once. What the kernel does not take waits in the queue for the
+socket to become writable; past the high-water mark the listener is told to pause
+(`pause_writing`), and past `max_write_buffer` the frames the peer has not started to
+receive are dropped and the listener told (`write_overflow`): the peer is not reading.
+
+A client's large frames are masked late, as they are sent, a chunk at a time into a
+buffer the thread reuses: masking a megabyte into fresh memory for every message costs
+page faults, not just a copy.
+
+The listener gets: connection_made(), data_received(view) (no protocol attached; the view
+is only valid during the call), eof_received(), connection_lost(exc), pause_writing(),
+resume_writing(), write_overflow() and internal_error(exc) (a callback raised while
+received data was handled). `connection_lost` comes exactly once, after which the
+transport holds no reference to the listener or the protocol.
+"""
+
+import collections
+import socket
+import ssl
+import threading
+
+cimport cython
+from cpython.buffer cimport PyBuffer_IsContiguous
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memset, strerror
+from posix.uio cimport iovec
+
+from fastws._codec cimport fastws_mask_copy
+from fastws._protocol cimport Protocol, Sink
+
+cdef extern from "Python.h":
+    Py_buffer *PyMemoryView_GET_BUFFER(object mview)
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    static int fastws_would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+    """
+    struct msghdr:
+        void *msg_name
+        unsigned int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    enum: MSG_NOSIGNAL
+    bint fastws_would_block(int err) nogil
+    ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags) nogil
+    ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags) nogil
+    ssize_t c_sendmsg "sendmsg" (int fd, const msghdr *msg, int flags) nogil
+
+cdef enum:
+    READ_SIZE = 256 * 1024
+    # Pieces per sendmsg(); a longer queue is sent in several calls.
+    IOV_BATCH = 64
+    # A client masks at most this much of a large payload per send (see _Masked).
+    MASK_CHUNK = 256 * 1024
+    # TLS: pieces up to this size are joined into one record; larger ones go alone.
+    TLS_JOIN = 16 * 1024
+
+cdef long long NO_CAP = 1LL << 62
+_TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+cdef object _per_thread = threading.local()
+
+
+cdef bytearray _thread_buffer(str name, Py_ssize_t size):
+    """A buffer this thread's transports share: everything put in it is used before the
+    callback that filled it returns, so one per thread is enough and an idle connection
+    costs none."""
+    buffer = getattr(_per_thread, name, None)
+    if buffer is None:
+        buffer = bytearray(size)
+        setattr(_per_thread, name, buffer)
+    return buffer
+
+
+@cython.final
+@cython.freelist(8)
+@cython.auto_pickle(False)
+cdef class _Masked:
+    """A client frame's payload in the write queue, masked as it is sent.
+
+    Masking depends only on the key and the offset in the payload, so what the kernel
+    does not take is masked again from `offset` on the next try: nothing is copied out.
+    """
+    cdef object payload          # a contiguous bytes-like of 1-byte items
+    cdef Py_ssize_t size
+    cdef Py_ssize_t offset
+    cdef uint8_t key[4]
+
+    def __len__(self):
+        return self.size - self.offset
+
+
+@cython.auto_pickle(False)
+cdef class Transport(Sink):
+    """A connected socket on a Loop; see the module doc for what it tells its listener."""
+
+    cdef readonly object loop
+    cdef readonly object sock
+    cdef readonly bint is_client
+    cdef readonly bint tls
+    cdef readonly bint closed
+    cdef readonly object peername
+    cdef object listener
+    cdef public Protocol protocol     # set at the upgrade: reads are parsed in C
+    cdef int _fd                      # -1 once closed
+    cdef object _ssl_context
+    cdef object _server_hostname
+    cdef bint _handshaking            # TLS handshake in progress: it owns the fd
+    # reading
+    cdef bint _reading
+    cdef bint _reading_paused
+    cdef bint _discarding             # end(): input is read only to see the peer's EOF
+    # writing
+    cdef object _queue                # deque of bytes / memoryview / _Masked
+    cdef Py_ssize_t _size
+    cdef long long _cap
+    cdef Py_ssize_t _high_water
+    cdef Py_ssize_t _low_water
+    cdef bint _corked                 # inside a read: writes are batched
+    cdef bint _eager                  # the next write leaves at once
+    cdef bint _writer_registered
+    cdef bint _writing_paused
+    cdef bint _overflowed
+    cdef Py_ssize_t _attempted        # bytes offered to the last send
+    # ending
+    cdef bint _ending                 # close once the queue is sent (end())
+    cdef bint _output_shut
+    cdef public double close_timeout
+    cdef object _close_timer
+
+    def __init__(self, loop, sock, listener, *, bint is_client, ssl_context=None,
+                 server_hostname=None, close_timeout=5.0):
+        sock.setblocking(False)
+        self.loop = loop
+        self.sock = sock
+        self.listener = listener
+        self.is_client = is_client
+        self.tls = ssl_context is not None
+        self._ssl_context = ssl_context
+        self._server_hostname = server_hostname
+        self._fd = sock.fileno()
+        try:
+            self.peername = sock.getpeername()
+        except OSError:
+            self.peername = None
+        self._queue = collections.deque()
+        self.close_timeout = close_timeout
+        self.set_write_limits(256 * 1024, 64 * 1024, None)
+
+    def set_write_limits(self, Py_ssize_t high, Py_ssize_t low, cap):
+        """Pause above `high` bytes unsent, resume at `low`; past `cap` (None: no cap) the
+        peer is taken as not reading (see the module doc)."""
+        if not 0 <= low <= high:
+            raise ValueError("write limits need 0 <= low <= high")
+        self._high_water = high
+        self._low_water = low
+        self._cap = NO_CAP if cap is None else cap
+
+    @property
+    def write_buffer_size(self):
+        """Bytes accepted for sending that the kernel has not taken yet."""
+        return self._size
+
+    # ---------------------------------------------------------------- starting
+
+    def start(self):
+        """Begin: the TLS handshake when there is one, then `listener.connection_made()`."""
+        if self.closed:
+            return
+        try:
+            self.peername = self.sock.getpeername()
+        except OSError:
+            pass
+        if not self.tls:
+            self._connection_made()
+            return
+        try:
+            self.sock = self._ssl_context.wrap_socket(
+                self.sock, server_side=not self.is_client,
+                server_hostname=self._server_hostname, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            self.close(exc)
+            return
+        self._handshaking = True
+        self._tls_handshake()
+
+    def _tls_handshake(self):
+        sock = self.sock
+        loop = self.loop
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            loop.add_reader(sock, self._tls_handshake)
+            loop.remove_writer(sock)
+            return
+        except ssl.SSLWantWriteError:
+            loop.add_writer(sock, self._tls_handshake)
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self.close(exc)
+            return
+        loop.remove_writer(sock)
+        loop.remove_reader(sock)
+        self._handshaking = False
+        self._connection_made()
+
+    cdef int _connection_made(self) except -1:
+        self._start_reading()
+        self.listener.connection_made()
+        if self._queue and not self.closed:
+            self._send()
+        return 0
+
+    @property
+    def handshaking(self):
+        """True while the TLS handshake runs."""
+        return self._handshaking
+
+    # ---------------------------------------------------------------- reading
+
+    cdef int _start_reading(self) except -1:
+        if not self._reading and not self._reading_paused and not self.closed:
+            self.loop.add_reader(self.sock, self._on_readable)
+            self._reading = True
+        return 0
+
+    def pause_reading(self):
+        if not self._reading_paused:
+            self._reading_paused = True
+            if self._reading and not self.closed:
+                self.loop.remove_reader(self.sock)
+                self._reading = False
+
+    def resume_reading(self):
+        if self._reading_paused:
+            self._reading_paused = False
+            if self.closed or self._handshaking:
+                return                    # reading starts when the handshake is done
+            self._start_reading()
+            if self.tls and self.sock.pending():
+                self.loop.call_soon(self._on_readable)
+
+    def _on_readable(self):
+        """The socket is readable: read once and hand the bytes on (see the module doc)."""
+        if self.closed:
+            return
+        if self.tls:
+            self._read_tls()
+            return
+        cdef bytearray buffer = _thread_buffer("read", READ_SIZE)
+        cdef char *data = PyByteArray_AS_STRING(buffer)
+        cdef ssize_t n
+        cdef int err
+        while True:
+            n = c_recv(self._fd, data, <size_t>PyByteArray_GET_SIZE(buffer), 0)
+            if n >= 0:
+                break
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()      # a signal handler may raise, as in socket.recv
+                continue
+            if fastws_would_block(err):
+                return
+            self.close(OSError(err, strerror(err).decode("utf-8", "replace")))
+            return
+        if n == 0:
+            self._eof()
+        else:
+            self._received(buffer, <const uint8_t *>data, n)
+
+    cdef int _read_tls(self) except -1:
+        cdef bytearray buffer = _thread_buffer("read", READ_SIZE)
+        sock = self.sock
+        while True:
+            try:
+                n = sock.recv_into(buffer)
+            except _TRY_AGAIN:
+                return 0
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                n = 0
+            except OSError as exc:
+                self.close(exc)
+                return 0
+            if n == 0:
+                self._eof()
+                return 0
+            self._received(buffer, <const uint8_t *>PyByteArray_AS_STRING(buffer), n)
+            # TLS may hold decrypted bytes that the socket will not signal again.
+            if self.closed or self._reading_paused or not sock.pending():
+                return 0
+
+    cdef int _received(self, bytearray buffer, const uint8_t *data, Py_ssize_t n) except -1:
+        if self._discarding:
+            return 0
+        self._corked = True
+        self._eager = (not self.is_client and not self._queue
+                       and not self.loop._busy)
+        try:
+            if self.protocol is not None:
+                self.protocol.feed_c(data, n)
+            else:
+                with memoryview(buffer) as view:
+                    self.listener.data_received(view[:n])
+        except Exception as exc:
+            if self.closed:
+                raise
+            self.listener.internal_error(exc)
+        finally:
+            self._corked = False
+        if not self.closed:
+            self.flush()
+        return 0
+
+    cdef int _eof(self) except -1:
+        listener = self.listener
+        self._discarding = True
+        listener.eof_received()
+        self.close(None)
+        return 0
+
+    # ---------------------------------------------------------------- writing (Sink)
+
+    cdef int write(self, object data) except -1:
+        if self.closed or self._output_shut:
+            return 0
+        cdef Py_ssize_t size = len(data)
+        if not size:
+            return 0
+        self._queue.append(data)
+        return self._queued(size)
+
+    cdef int write_frame(self, bytes header, object payload, bint masked,
+                         uint32_t key) except -1:
+        cdef _Masked item
+        cdef Py_ssize_t size
+        if self.closed or self._output_shut:
+            return 0
+        queue = self._queue
+        queue.append(header)
+        if masked:
+            item = _Masked.__new__(_Masked)
+            item.payload = payload
+            item.size = len(payload)
+            item.key[0] = (key >> 24) & 0xFF
+            item.key[1] = (key >> 16) & 0xFF
+            item.key[2] = (key >> 8) & 0xFF
+            item.key[3] = key & 0xFF
+            size = item.size
+            queue.append(item)
+        else:
+            # A memoryview marks the rest of a frame whose header is ahead of it.
+            payload = memoryview(payload)
+            size = len(payload)
+            queue.append(payload)
+        return self._queued(PyBytes_GET_SIZE(header) + size)
+
+    def write_bytes(self, data):
+        """Queue bytes for the peer (HTTP answers, the handshake); sent as batching allows."""
+        self.write(data)
+
+    cdef int _queued(self, Py_ssize_t size) except -1:
+        self._size += size
+        cdef bint over_cap = self._size > self._cap
+        if self._corked:
+            if self._eager or over_cap:
+                self._eager = False
+                self._send()
+        elif over_cap or not self._writer_registered:
+            self._send()
+        if self._size > self._high_water and not self._writing_paused and not self.closed:
+            self._writing_paused = True
+            self.listener.pause_writing()
+        return 0
+
+    def flush(self):
+        """Send what is queued now (writes made during a read are flushed after it)."""
+        if self._queue:
+            if not self._writer_registered and not self._handshaking:
+                self._send()
+        elif self._ending and not self._corked:
+            self._shut_output()
+
+    cdef int _send(self) except -1:
+        """Send as much of the queue as the kernel takes, then settle what is left."""
+        if self.closed or self._handshaking:
+            return 0
+        cdef Py_ssize_t sent
+        try:
+            while self._queue:
+                sent = self._send_tls() if self.tls else self._send_plain()
+                if sent < 0:
+                    break
+                self._consume(sent)
+                if sent < self._attempted:
+                    break                 # the kernel's buffer is full
+        except OSError as exc:
+            self.close(exc)
+            return 0
+        return self._after_send()
+
+    cdef Py_ssize_t _send_plain(self) except -1:
+        """One send()/sendmsg() of the queue's head (up to IOV_BATCH pieces, or up to a
+        masked chunk); the bytes sent, 0 when the kernel would block."""
+        cdef iovec iov[IOV_BATCH]
+        cdef Py_buffer *view
+        cdef Py_ssize_t count = 0, total = 0
+        for item in self._queue:
+            if count == IOV_BATCH:
+                break
+            if type(item) is bytes:
+                iov[count].iov_base = PyBytes_AS_STRING(item)
+                iov[count].iov_len = <size_t>PyBytes_GET_SIZE(item)
+            elif type(item) is _Masked:
+                iov[count].iov_base = self._mask_chunk(<_Masked>item)
+                iov[count].iov_len = <size_t>min((<_Masked>item).size - (<_Masked>item).offset,
+                                                 MASK_CHUNK)
+                total += <Py_ssize_t>iov[count].iov_len
+                count += 1
+                break                     # the scratch buffer holds one chunk at a time
+            else:
+                view = PyMemoryView_GET_BUFFER(item)
+                iov[count].iov_base = view.buf
+                iov[count].iov_len = <size_t>view.len
+            total += <Py_ssize_t>iov[count].iov_len
+            count += 1
+        cdef msghdr msg
+        cdef ssize_t sent
+        cdef int err
+        self._attempted = total
+        while True:
+            if count == 1:
+                sent = c_send(self._fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+            else:
+                memset(&msg, 0, sizeof(msg))
+                msg.msg_iov = iov
+                msg.msg_iovlen = <size_t>count
+                sent = c_sendmsg(self._fd, &msg, MSG_NOSIGNAL)
+            if sent >= 0:
+                return sent
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            if fastws_would_block(err):
+                return 0
+            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+
+    cdef void *_mask_chunk(self, _Masked item) except NULL:
+        cdef bytearray scratch = _thread_buffer("mask", MASK_CHUNK)
+        cdef Py_ssize_t n = min(item.size - item.offset, MASK_CHUNK)
+        cdef uint8_t *dst = <uint8_t *>PyByteArray_AS_STRING(scratch)
+        if type(item.payload) is bytes:
+            fastws_mask_copy(dst, <const uint8_t *>PyBytes_AS_STRING(item.payload) + item.offset,
+                             <size_t>n, item.key, <size_t>item.offset)
+        else:
+            with memoryview(item.payload) as view:
+                fastws_mask_copy(dst, <const uint8_t *>PyMemoryView_GET_BUFFER(view).buf
+                                 + item.offset, <size_t>n, item.key, <size_t>item.offset)
+        return dst
+
+    cdef Py_ssize_t _send_tls(self) except -1:
+        """One SSLSocket.send(): small pieces joined into one record, large ones alone."""
+        queue = self._queue
+        head = queue[0]
+        cdef bytearray scratch
+        cdef Py_ssize_t n
+        if type(head) is _Masked:
+            self._mask_chunk(<_Masked>head)
+            n = min((<_Masked>head).size - (<_Masked>head).offset, MASK_CHUNK)
+            scratch = _thread_buffer("mask", MASK_CHUNK)
+            self._attempted = n
+            with memoryview(scratch) as view:
+                data = view[:n]
+                try:
+                    return self.sock.send(data)
+                except _TRY_AGAIN:
+                    return 0
+                finally:
+                    data.release()
+        if len(queue) > 1 and len(head) < TLS_JOIN:
+            pieces = []
+            n = 0
+            while queue and type(queue[0]) is not _Masked and len(queue[0]) < TLS_JOIN \
+                    and n < 4 * TLS_JOIN:
+                n += len(queue[0])
+                pieces.append(queue.popleft())
+            head = b"".join(pieces)
+            queue.appendleft(head)
+        self._attempted = len(head)
+        try:
+            return self.sock.send(head)
+        except _TRY_AGAIN:
+            return 0
+
+    cdef int _consume(self, Py_ssize_t sent) except -1:
+        """Drop `sent` bytes from the head of the queue."""
+        queue = self._queue
+        cdef Py_ssize_t size
+        self._size -= sent
+        while sent:
+            head = queue[0]
+            if type(head) is _Masked:
+                size = (<_Masked>head).size - (<_Masked>head).offset
+                if sent < size:
+                    (<_Masked>head).offset += sent
+                    return 0
+            else:
+                size = len(head)
+                if sent < size:
+                    queue[0] = memoryview(head)[sent:]
+                    return 0
+            sent -= size
+            queue.popleft()
+        return 0
+
+    cdef int _after_send(self) except -1:
+        """Wait for the socket to drain, or stop waiting; resume writing; shut down."""
+        if self.closed:
+            return 0
+        loop = self.loop
+        if self._queue:
+            if self._size > self._cap and not self._overflowed:
+                self._overflow()
+                return 0
+            if not self._writer_registered:
+                self._writer_registered = True
+                loop.add_writer(self.sock, self._on_writable)
+        else:
+            if self._writer_registered:
+                self._writer_registered = False
+                loop.remove_writer(self.sock)
+            if self._ending and not self._corked:
+                self._shut_output()
+        if self._writing_paused and self._size <= self._low_water and not self.closed:
+            self._writing_paused = False
+            self.listener.resume_writing()
+        return 0
+
+    def _on_writable(self):
+        self._send()
+
+    cdef int _overflow(self) except -1:
+        """The peer does not read: keep only a frame it started to receive; tell the listener.
+
+        A frame already partly sent stays (cutting it would corrupt the stream): the head
+        of the queue is then a memoryview or a _Masked (the rest of a partial send, or a
+        payload whose header went out).
+        """
+        self._overflowed = True
+        queue = self._queue
+        head = queue[0] if queue else None
+        queue.clear()
+        self._size = 0
+        if head is not None and type(head) is not bytes:
+            queue.append(head)
+            self._size = len(head)
+        self.listener.write_overflow()
+        return 0
+
+    # ---------------------------------------------------------------- ending
+
+    cdef int end(self) except -1:
+        """Nothing more will be written: close once the queue is sent (Sink.end).
+
+        A server half-closes and reads until the peer closes too (closing outright with
+        unread input would make the kernel send a reset that can destroy our last frames
+        before the peer reads them); a client waits for the server to close first (RFC 6455
+        7.1.1). Either way, for at most `close_timeout` seconds.
+        """
+        if self._ending or self.closed:
+            return 0
+        self._ending = True
+        self._discarding = True
+        self.close_after(self.close_timeout)
+        if not self._queue and not self._corked:
+            self._shut_output()
+        return 0
+
+    def end_output(self):
+        """Sink.end() for Python callers (an HTTP answer that closes the connection)."""
+        self.end()
+
+    def close_after(self, double timeout):
+        """Close the transport after `timeout` seconds unless it closed by then."""
+        if self._close_timer is None and not self.closed:
+            self._close_timer = self.loop.call_later(timeout, self._close_timed_out)
+
+    def _close_timed_out(self):
+        self._close_timer = None
+        self.close(None)
+
+    cdef int _shut_output(self) except -1:
+        if self._output_shut or self.closed:
+            return 0
+        self._output_shut = True
+        if self.is_client:
+            self._start_reading()         # wait for the server's EOF (bounded)
+            return 0
+        if self.tls:
+            self.close(None)
+            return 0
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(None)
+            return 0
+        self._start_reading()
+        return 0
+
+    def close(self, exc=None):
+        """Close the socket now (unsent data is dropped) and report `connection_lost(exc)`."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        loop = self.loop
+        if not loop.is_closed:
+            loop.remove_reader(self.sock)
+            loop.remove_writer(self.sock)
+        self._reading = self._writer_registered = False
+        self._fd = -1
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._queue.clear()
+        self._size = 0
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            protocol.receive_eof()
+        listener, self.listener = self.listener, None
+        listener.connection_lost(exc)
+
+    def abort(self):
+        """Close at once, without sending what is queued."""
+        self.close(None)
+
+    @property
+    def ending(self):
+        """True once the transport was told to close after sending what is queued."""
+        return self._ending
+
+    def __repr__(self):
+        state = "closed" if self.closed else "tls-handshake" if self._handshaking else "open"
+        return f"<fastws.Transport {state} peer={self.peername}>"

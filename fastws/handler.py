@@ -1,0 +1,78 @@
+"""Handlers: the objects whose `on_*` methods a connection calls.
+
+Any object will do, and every method is optional (a missing one is simply not called), but
+subclassing `Handler` gives the callbacks' signatures to type checkers: mark your methods
+with `@typing.override` (Python 3.12; `typing_extensions.override` before) and mypy reports a
+misspelled callback such as `on_message`. At run time, the first time a handler class is
+attached to a connection, an `on_*` method that is not a fastws callback draws a warning
+naming the closest callback: such a method would never be called.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from typing import TYPE_CHECKING
+
+from .handshake import accept
+from .http import Request, Response
+
+if TYPE_CHECKING:
+    from ._codec import Frame
+    from .connection import Connection
+
+__all__ = ["CALLBACKS", "Handler", "check_handler"]
+
+CALLBACKS = frozenset({
+    "on_request", "on_upgraded", "on_frame", "on_rtt", "on_closed",
+    "on_pause_writing", "on_resume_writing",
+})
+
+
+class Handler:
+    """Base class of handlers; every callback here does what a missing one does."""
+
+    def on_request(self, conn: Connection, request: Request) -> None:
+        """A plain HTTP request (server): answer it with `conn.respond(...)` or upgrade it with
+        `conn.upgrade(fastws.accept(request))`. By default upgrades are accepted and other
+        requests get 404."""
+        if request.upgrade:
+            conn.upgrade(accept(request))
+        else:
+            conn.respond(Response.text(404, "Not Found\n"))
+
+    def on_upgraded(self, conn: Connection) -> None:
+        """The connection is a WebSocket now (both sides)."""
+
+    def on_frame(self, conn: Connection, frame: Frame) -> None:
+        """A message (whole, unless reassembly is off), or a pong."""
+
+    def on_rtt(self, conn: Connection, seconds: float) -> None:
+        """A round-trip time measured by AutoPing."""
+
+    def on_closed(self, conn: Connection, code: int, reason: str) -> None:
+        """The WebSocket connection is closed (reported exactly once), or a client's
+        connection or handshake failed (1006, or 1015 for TLS; the cause in `conn.error`)."""
+
+    def on_pause_writing(self, conn: Connection) -> None:
+        """More than `write_high_water` bytes wait to be sent: stop producing."""
+
+    def on_resume_writing(self, conn: Connection) -> None:
+        """The write buffer drained below `write_low_water`."""
+
+
+_checked: set[type] = set()
+
+
+def check_handler(handler: object) -> None:
+    """Warn once per class about `on_*` methods that no connection will ever call."""
+    kind = type(handler)
+    if kind in _checked:
+        return
+    _checked.add(kind)
+    for name in dir(kind):
+        if name.startswith("on_") and name not in CALLBACKS and callable(getattr(kind, name)):
+            close = difflib.get_close_matches(name, CALLBACKS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.warn(f"{kind.__qualname__}.{name} is not a fastws callback and will never "
+                          f"be called{hint}", stacklevel=3)
