@@ -22,10 +22,11 @@ from ._codec import (
 )
 from ._version import __version__
 from .client import connect
-from .connection import Connection, Limits
+from .connection import Connection
 from .deflate import Deflate, DeflateOptions
 from .handshake import HandshakeError, accept
 from .http import Headers, HttpError, Request, Response
+from .limits import Limits
 from .loop import Loop, Timer, default_loop
 from .server import Server, serve
 from .stages import AutoPing, AutoPong, Consolidate, Stage

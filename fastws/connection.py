@@ -20,7 +20,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ._codec import (
@@ -53,6 +52,7 @@ from .handshake import (
     parse_extensions,
 )
 from .http import HttpError, Request, RequestParser, Response, ResponseParser
+from .limits import Limits
 from .loop import Loop, Timer
 from .stages import AutoPong, Consolidate, Stage
 
@@ -69,37 +69,6 @@ _SCRATCH_KEEP = 4 * 1024 * 1024
 _NO_CAP = 1 << 62
 _IOV_MAX = 512
 _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-connection limits; every one can be overridden in serve(), connect() and upgrade().
-
-    Sizes are bytes, times seconds. `None` means no limit.
-    """
-
-    max_frame_size: int | None = 4 * 1024 * 1024
-    max_message_size: int | None = 4 * 1024 * 1024
-    close_timeout: float = 5.0
-    # The TLS handshake plus the first request (server) or the whole opening handshake
-    # (client) must complete within this; slow or silent peers are dropped.
-    handshake_timeout: float | None = 10.0
-    # A plain HTTP keep-alive connection with no request for this long is closed.
-    idle_timeout: float | None = 60.0
-    write_high_water: int = 256 * 1024
-    write_low_water: int = 64 * 1024
-    # Unsent data beyond this fails the connection with 1008 (the peer is not reading).
-    max_write_buffer: int | None = 64 * 1024 * 1024
-    max_request_line: int = 8192
-    max_header_size: int = 16384
-    max_headers: int = 100
-    max_body_size: int = 1024 * 1024
-
-    def updated(self, overrides: dict[str, Any]) -> Limits:
-        unknown = set(overrides) - set(self.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown limit(s): {', '.join(sorted(unknown))}")
-        return replace(self, **overrides) if overrides else self
 
 
 _per_thread = threading.local()
