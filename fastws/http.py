@@ -559,9 +559,14 @@ class RequestParser(_MessageParser):
     over `max_header_size` bytes or more than `max_headers` lines -> 431, a body over
     `max_body_size` -> 413. Anything llhttp rejects (among them every request-smuggling shape:
     Content-Length with Transfer-Encoding, two Content-Lengths, folded lines, whitespace before
-    a colon, NUL, bare CR or LF) or a request line without a version -> 400, CONNECT -> 501,
-    a version other than HTTP/1.x -> 505. On an error `feed()` raises `HttpError`, drops
-    requests completed earlier in the same chunk, and raises the same error on every later call.
+    a colon, NUL, bare CR or LF), a request line without a version, or a Host header missing
+    (HTTP/1.1) or repeated (RFC 9112 3.2) -> 400, CONNECT -> 501, a version other than HTTP/1.x
+    -> 505. On an error `feed()` raises `HttpError`, drops requests completed earlier in the
+    same chunk, and raises the same error on every later call.
+
+    After a request that does not keep the connection alive (`request.keep_alive` False:
+    Connection: close, or HTTP/1.0 without keep-alive) whatever follows is ignored: RFC 9112
+    9.6 forbids processing further requests on that connection.
 
     When a request asks for an upgrade (`request.upgrade`), parsing stops after it (and its
     Content-Length body, if any): it is the last request returned, `upgraded` becomes True and
@@ -573,6 +578,7 @@ class RequestParser(_MessageParser):
         "tail",
         "_max_request_line",
         "_completed",
+        "_closed",
         "_target",
         "_request",
         "_upgrade_request",
@@ -597,6 +603,7 @@ class RequestParser(_MessageParser):
         self.tail = b""
         self._max_request_line = max_request_line
         self._completed: list[Request] = []
+        self._closed = False
         self._target = b""
         self._request: Request | None = None
         self._upgrade_request: Request | None = None
@@ -611,6 +618,8 @@ class RequestParser(_MessageParser):
             raise RuntimeError("the parser stopped at an upgrade; the rest is in parser.tail")
         if self._upgrade_request is not None:
             return self._feed_upgrade_body(memoryview(data))
+        if self._closed:
+            return []
         offset = self._parse(data)
         if offset is not None:
             return self._stop_at_upgrade(data, offset)
@@ -620,6 +629,12 @@ class RequestParser(_MessageParser):
 
     def _new_error(self, status: int, detail: str) -> HttpError:
         return HttpError(status, detail)
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        # After a request that closes the connection llhttp refuses any further byte; those
+        # bytes are no request of ours (RFC 9112 9.6), not an error in the ones before.
+        if not self._closed:
+            super()._parse_failed(exc)
 
     def _stop_at_upgrade(self, data: BytesLike, offset: int) -> list[Request]:
         completed = self._completed
@@ -678,6 +693,12 @@ class RequestParser(_MessageParser):
                 raise self._fail(400, "the request line has no HTTP version")
             raise self._fail(505, f"HTTP/{version} is not supported")
         headers = self._headers
+        hosts = len(headers.get_all("host"))
+        # RFC 9112 3.2: which host a request is for must not be left to guesswork
+        if hosts > 1:
+            raise self._fail(400, "more than one Host header")
+        if hosts == 0 and version != "1.0":
+            raise self._fail(400, f"an HTTP/{version} request needs a Host header")
         content_length = self._check_content_length()
         request = Request(
             method,
@@ -703,6 +724,7 @@ class RequestParser(_MessageParser):
         assert request is not None
         self._request = None
         request.body = self._take_body()
+        self._closed = not request.keep_alive
         self._completed.append(request)
 
 
