@@ -627,6 +627,12 @@ class RequestParser(_MessageParser):
         self._completed = []
         return completed
 
+    @property
+    def in_message(self) -> bool:
+        """True from the first byte of a request until it is complete, body included (the body
+        of an upgrade request is read after llhttp has let go of it)."""
+        return self._in_message or self._upgrade_request is not None
+
     def _new_error(self, status: int, detail: str) -> HttpError:
         return HttpError(status, detail)
 

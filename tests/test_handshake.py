@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+import fastws
 from fastws.handshake import (
     GUID,
     HandshakeError,
@@ -355,7 +356,5 @@ def test_parse_ws_url_percent_encoded_resource_is_kept() -> None:
 
 
 def test_connect_refuses_a_bad_url_before_any_io() -> None:
-    import fastws
-
     with pytest.raises(ValueError, match="whitespace"):
         fastws.connect("ws://127.0.0.1:9/path with space", object())
