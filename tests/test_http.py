@@ -487,6 +487,19 @@ def test_upgrade_header_without_connection_upgrade_is_plain() -> None:
     assert [r.path for r in parser.feed(b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n")] == ["/3"]
 
 
+def test_in_message_until_the_request_is_complete() -> None:
+    parser = RequestParser()
+    assert not parser.in_message
+    parser.feed(b"\r\n")  # a stray line end between requests starts nothing
+    assert not parser.in_message
+    parser.feed(b"GET / HTTP/1.1\r\nHo")
+    assert parser.in_message
+    parser.feed(b"st: h\r\n\r\n" + UPGRADE_HEAD + b"Content-Length: 5\r\n\r\nhel")
+    assert parser.in_message  # the upgrade request's body is still coming
+    parser.feed(b"lo")
+    assert not parser.in_message and parser.upgraded
+
+
 def test_chunked_upgrade_request_is_400() -> None:
     with pytest.raises(HttpError) as caught:
         RequestParser().feed(UPGRADE_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
