@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from .http import Headers, HeadersLike, Request, Response
+from .http import TOKEN, Headers, HeadersLike, Request, Response, is_request_target
 
 __all__ = [
     "GUID",
@@ -38,7 +38,6 @@ WEBSOCKET_VERSION = "13"
 # An extension offer or answer: its name and its parameters, a value being None when absent.
 Extension = tuple[str, list[tuple[str, str | None]]]
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _OWS = re.compile(r"[ \t]*")
 
 
@@ -98,7 +97,11 @@ def check_request(request: Request) -> str:
 
     Raises HandshakeError naming the first problem found. Sec-WebSocket-Version is checked
     before the key so that a client speaking another version learns which one to use (426).
+    A request that passed keeps its key, so checking it again (accept() then the upgrade)
+    costs nothing; a request is not meant to be edited after it was received.
     """
+    if request._websocket_key is not None:
+        return request._websocket_key
     headers = request.headers
     if request.method != "GET":
         raise HandshakeError(405, f"the method must be GET, not {request.method}")
@@ -126,6 +129,7 @@ def check_request(request: Request) -> str:
         nonce = b""
     if len(nonce) != 16:
         raise HandshakeError(400, f"Sec-WebSocket-Key {key!r} is not 16 bytes in base64")
+    request._websocket_key = key
     return key
 
 
@@ -179,7 +183,7 @@ def _parse_quoted_string(text: str, pos: int) -> tuple[str, int]:
 
 
 def _parse_token(text: str, pos: int, what: str) -> tuple[str, int]:
-    match = _TOKEN.match(text, pos)
+    match = TOKEN.match(text, pos)
     if match is None:
         raise ValueError(f"expected {what} at offset {pos} of {text!r}")
     return match.group(), match.end()
@@ -210,7 +214,7 @@ def _parse_extension_value(text: str, extensions: list[Extension]) -> None:
                 if pos < len(text) and text[pos] == '"':
                     value, pos = _parse_quoted_string(text, pos)
                     # RFC 6455 9.1: once unquoted, the value must still be a token
-                    if _TOKEN.fullmatch(value) is None:
+                    if TOKEN.fullmatch(value) is None:
                         raise ValueError(f"quoted value {value!r} is not a token in {text!r}")
                 else:
                     value, pos = _parse_token(text, pos, "a parameter value")
@@ -242,7 +246,7 @@ def format_extensions(extensions: Sequence[tuple[str, Sequence[tuple[str, str | 
     so quoting is never needed).
     """
     def checked(word: str) -> str:
-        if _TOKEN.fullmatch(word) is None:
+        if TOKEN.fullmatch(word) is None:
             raise ValueError(f"{word!r} is not a token")
         return word
 
@@ -284,7 +288,7 @@ def client_request(
         ]
     )
     for subprotocol in subprotocols:
-        if _TOKEN.fullmatch(subprotocol) is None:
+        if TOKEN.fullmatch(subprotocol) is None:
             raise ValueError(f"subprotocol {subprotocol!r} is not a token")
     if subprotocols:
         request_headers.add("Sec-WebSocket-Protocol", ", ".join(subprotocols))
@@ -342,8 +346,14 @@ def parse_ws_url(url: str) -> tuple[bool, str, int, str]:
 
     The port defaults to 80 or 443; the resource is the path ("/" when empty) plus "?query".
     Raises ValueError for another scheme, a fragment (forbidden by RFC 6455 3), credentials,
-    a missing host or a bad port.
+    a missing host, a bad port, or a character a URL cannot hold: whitespace, a control
+    character or non-ASCII text (percent-encode it).
     """
+    # Checked on the URL as given: urlsplit silently drops tabs and line breaks.
+    if not is_request_target(url):
+        raise ValueError(
+            f"{url!r} has whitespace, control or non-ASCII characters; percent-encode them"
+        )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):

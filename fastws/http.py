@@ -13,7 +13,10 @@ from typing import Union
 
 import httptools
 
+from .limits import Limits
+
 __all__ = [
+    "TOKEN",
     "Headers",
     "HeadersLike",
     "HttpError",
@@ -22,21 +25,22 @@ __all__ = [
     "RequestParser",
     "Response",
     "ResponseParser",
+    "is_request_target",
 ]
 
 BytesLike = bytes | bytearray | memoryview
 HeadersLike = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]], None]
 
-# RFC 9110 5.6.2 token: what a header name and a method must be.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 5.6.2 token: what a header name, a method, a subprotocol or an extension name must be.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # CR and LF would let a value start a new header line (header injection); NUL breaks C peers.
 _UNSAFE_IN_VALUE = re.compile(r"[\r\n\x00]")
-_UNSAFE_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
+# A request target is URI text (RFC 9112 3.2, RFC 3986): visible ASCII only. Whitespace would
+# split the request line; anything else must be percent-encoded.
+_TARGET = re.compile(r"[\x21-\x7e]+")
 
-_DEFAULT_MAX_REQUEST_LINE = 8192
-_DEFAULT_MAX_HEADER_SIZE = 16384
-_DEFAULT_MAX_HEADERS = 100
-_DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+# Parser limits default to the connection's (one place for every default).
+_LIMITS = Limits()
 
 
 def _reason_phrase(status: int) -> str:
@@ -157,7 +161,7 @@ class Headers:
 def _encode_head(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
     lines = [first_line]
     for name, value in headers:
-        if _TOKEN.fullmatch(name) is None:
+        if TOKEN.fullmatch(name) is None:
             raise ValueError(f"invalid header name {name!r}")
         if _UNSAFE_IN_VALUE.search(value) is not None:
             raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value!r}")
@@ -167,6 +171,12 @@ def _encode_head(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
         return "".join(lines).encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError("HTTP heads must be latin-1; encode other text in the value") from None
+
+
+def is_request_target(text: str) -> bool:
+    """True when `text` can be sent as a request target: non-empty visible ASCII (no spaces or
+    control characters; other characters must be percent-encoded)."""
+    return _TARGET.fullmatch(text) is not None
 
 
 def _short_repr(body: bytes) -> str:
@@ -186,6 +196,10 @@ class Request:
     `path` and `query` split the raw `target` at its first '?' (no percent-decoding).
     `keep_alive` follows HTTP/1.x rules unless given; `upgrade` is computed once, at
     construction: True when Connection lists "upgrade" and an Upgrade header names a protocol.
+
+    A request is what was received: `fastws.handshake.check_request` remembers on it that it
+    passed (so the second check of one upgrade is free) and does not look again if it is edited
+    afterwards. To change a request, build a new one.
     """
 
     __slots__ = (
@@ -198,6 +212,8 @@ class Request:
         "body",
         "keep_alive",
         "upgrade",
+        # the Sec-WebSocket-Key, once check_request has validated this request (else None)
+        "_websocket_key",
     )
 
     def __init__(
@@ -224,6 +240,7 @@ class Request:
                 keep_alive = "close" not in connection
         self.keep_alive = keep_alive
         self.upgrade = _wants_upgrade(self.headers)
+        self._websocket_key: str | None = None
 
     def encode(self) -> bytes:
         """The request on the wire; adds Content-Length when there is a body and none is set.
@@ -231,9 +248,9 @@ class Request:
         Raises ValueError for a method that is not a token, a target with whitespace or control
         characters, or a header that could inject lines.
         """
-        if _TOKEN.fullmatch(self.method) is None:
+        if TOKEN.fullmatch(self.method) is None:
             raise ValueError(f"invalid method {self.method!r}")
-        if not self.target or _UNSAFE_IN_TARGET.search(self.target) is not None:
+        if not is_request_target(self.target):
             raise ValueError(f"invalid request target {self.target!r}")
         pairs = self.headers.items()
         if (
@@ -248,7 +265,7 @@ class Request:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):
             return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in Request.__slots__)
+        return all(getattr(self, name) == getattr(other, name) for name in _REQUEST_FIELDS)
 
     def __repr__(self) -> str:
         return (
@@ -256,6 +273,10 @@ class Request:
             f"headers={self.headers!r}, body={_short_repr(self.body)}, "
             f"keep_alive={self.keep_alive}, upgrade={self.upgrade})"
         )
+
+
+# What makes two requests equal: what was sent, not what was learnt about it since.
+_REQUEST_FIELDS = tuple(name for name in Request.__slots__ if not name.startswith("_"))
 
 
 class Response:
@@ -364,16 +385,188 @@ class HttpResponseError(HttpError):
         raise RuntimeError("a client-side response error has no HTTP answer")
 
 
-class RequestParser:
+class _MessageParser:
+    """What the request and response parsers share: the httptools callbacks for header lines
+    and bodies, with their limits, and the bound on what llhttp buffers without telling us.
+
+    A subclass adds its first line (`on_url` or `on_status`) and fills in `_new_error` (what a
+    failure raises), `_head_complete` (the head is in: build the message) and `_complete` (the
+    message is in). `_kind` names the message in error details.
+    """
+
+    __slots__ = (
+        "_parser",
+        "_max_header_size",
+        "_max_headers",
+        "_max_body_size",
+        "_error",
+        "_callback_error",
+        "_progressed",
+        "_stalled",
+        "_in_message",
+        "_in_head",
+        "_headers",
+        "_head_size",
+        "_header_count",
+        "_body_parts",
+        "_body_size",
+    )
+
+    _kind = "message"
+
+    def __init__(
+        self,
+        parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+        max_header_size: int,
+        max_headers: int,
+        max_body_size: int,
+    ) -> None:
+        self._parser = parser
+        self._max_header_size = max_header_size
+        self._max_headers = max_headers
+        self._max_body_size = max_body_size
+        self._error: HttpError | None = None
+        # httptools reports callback exceptions without their object for some callbacks
+        self._callback_error: HttpError | None = None
+        self._progressed = False
+        self._stalled = 0
+        self._in_message = False
+        self._in_head = False
+        self._headers = Headers()
+        self._head_size = 0
+        self._header_count = 0
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
+
+    @property
+    def in_message(self) -> bool:
+        """True from the first byte of a message until its end: a message is partly received."""
+        return self._in_message
+
+    def _new_error(self, status: int, detail: str) -> HttpError:
+        raise NotImplementedError
+
+    def _head_complete(self) -> None:
+        raise NotImplementedError
+
+    def _complete(self) -> None:
+        raise NotImplementedError
+
+    def _parse(self, data: BytesLike) -> int | None:
+        """Run llhttp over `data`; the offset of the first byte after an upgrade, else None.
+
+        Raises the HttpError that a callback or llhttp found (see `_parse_failed`).
+        """
+        self._progressed = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return int(upgrade.args[0])
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return None
+        if self._in_message and not self._progressed:
+            # httptools buffers a header line until it is complete, with no callback; a feed
+            # with no callback at all mid-message therefore added only unreported head bytes
+            # (or trailer and chunk-size bytes). Counting them bounds that buffer, and a head
+            # is never counted larger than it is.
+            self._stalled += len(data)
+            if self._head_size + self._stalled > self._max_header_size:
+                self._error = self._new_error(431, self._head_too_large())
+                raise self._error
+        return None
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        error = self._callback_error or self._new_error(400, str(exc) or type(exc).__name__)
+        self._error = error
+        raise error from None
+
+    def _fail(self, status: int, detail: str) -> HttpError:
+        self._callback_error = self._new_error(status, detail)
+        return self._callback_error
+
+    def _head_too_large(self) -> str:
+        return f"{self._kind} head over {self._max_header_size} bytes"
+
+    def _check_content_length(self) -> str | None:
+        """The Content-Length value (llhttp checked that it is one number), or None; a length
+        over the body limit fails at once, before the body is read."""
+        content_length = self._headers.get("content-length")
+        if content_length is not None and int(content_length) > self._max_body_size:
+            raise self._fail(413, f"body over {self._max_body_size} bytes")
+        return content_length
+
+    def _take_body(self) -> bytes:
+        parts = self._body_parts
+        self._body_parts = []
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._progressed = True
+        self._in_message = True
+        self._in_head = True
+        self._stalled = 0
+        self._headers = Headers()
+        self._head_size = 0
+        self._header_count = 0
+        self._body_parts = []
+        self._body_size = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._progressed = True
+        self._stalled = 0
+        self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._header_count > self._max_headers:
+            raise self._fail(431, f"more than {self._max_headers} header lines")
+        if self._head_size > self._max_header_size:
+            raise self._fail(431, self._head_too_large())
+        if self._in_head:
+            # latin-1 maps bytes to code points one to one: nothing is lost or rejected
+            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        # trailers (after a chunked body) count against the limits but are dropped
+
+    def on_headers_complete(self) -> None:
+        self._progressed = True
+        self._stalled = 0
+        self._in_head = False
+        self._head_complete()
+
+    def on_body(self, piece: bytes) -> None:
+        self._progressed = True
+        self._stalled = 0
+        self._body_size += len(piece)
+        if self._body_size > self._max_body_size:
+            raise self._fail(413, f"body over {self._max_body_size} bytes")
+        self._body_parts.append(piece)
+
+    def on_message_complete(self) -> None:
+        self._progressed = True
+        self._in_message = False
+        self._complete()
+
+
+class RequestParser(_MessageParser):
     """Incremental server-side parser: `feed()` bytes, get the requests they complete.
 
-    Any chunking works and pipelined requests come back in order. Limits and their errors:
-    a request line longer than `max_request_line` -> 414 (URI Too Long: the target is what
-    grows), a head (request line, header lines and trailers) over `max_header_size` bytes or
-    more than `max_headers` lines -> 431, a body over `max_body_size` -> 413, anything llhttp
-    rejects or a request line without a version -> 400, CONNECT -> 501, a version other than
-    HTTP/1.x -> 505. On an error `feed()` raises `HttpError`, drops requests
-    completed earlier in the same chunk, and raises the same error on every later call.
+    Any chunking works and pipelined requests come back in order. Limits (defaults from
+    `fastws.Limits`) and their errors: a request line longer than `max_request_line` -> 414
+    (URI Too Long: the target is what grows), a head (request line, header lines and trailers)
+    over `max_header_size` bytes or more than `max_headers` lines -> 431, a body over
+    `max_body_size` -> 413. Anything llhttp rejects (among them every request-smuggling shape:
+    Content-Length with Transfer-Encoding, two Content-Lengths, folded lines, whitespace before
+    a colon, NUL, bare CR or LF), a request line without a version, or a Host header missing
+    (HTTP/1.1) or repeated (RFC 9112 3.2) -> 400, CONNECT -> 501, a version other than HTTP/1.x
+    -> 505. On an error `feed()` raises `HttpError`, drops requests completed earlier in the
+    same chunk, and raises the same error on every later call.
+
+    After a request that does not keep the connection alive (`request.keep_alive` False:
+    Connection: close, or HTTP/1.0 without keep-alive) whatever follows is ignored: RFC 9112
+    9.6 forbids processing further requests on that connection.
 
     When a request asks for an upgrade (`request.upgrade`), parsing stops after it (and its
     Content-Length body, if any): it is the last request returned, `upgraded` becomes True and
@@ -383,60 +576,36 @@ class RequestParser:
     __slots__ = (
         "upgraded",
         "tail",
-        "_parser",
         "_max_request_line",
-        "_max_header_size",
-        "_max_headers",
-        "_max_body_size",
         "_completed",
-        "_error",
-        "_callback_error",
-        "_progressed",
-        "_stalled",
-        "_in_message",
-        "_in_head",
+        "_closed",
         "_target",
-        "_headers",
-        "_head_size",
-        "_header_count",
         "_request",
-        "_body_parts",
-        "_body_size",
         "_upgrade_request",
         "_upgrade_body",
         "_upgrade_body_length",
     )
 
+    _kind = "request"
+
     def __init__(
         self,
         *,
-        max_request_line: int = _DEFAULT_MAX_REQUEST_LINE,
-        max_header_size: int = _DEFAULT_MAX_HEADER_SIZE,
-        max_headers: int = _DEFAULT_MAX_HEADERS,
-        max_body_size: int = _DEFAULT_MAX_BODY_SIZE,
+        max_request_line: int = _LIMITS.max_request_line,
+        max_header_size: int = _LIMITS.max_header_size,
+        max_headers: int = _LIMITS.max_headers,
+        max_body_size: int = _LIMITS.max_body_size,
     ) -> None:
+        super().__init__(
+            httptools.HttpRequestParser(self), max_header_size, max_headers, max_body_size
+        )
         self.upgraded = False
         self.tail = b""
-        self._parser = httptools.HttpRequestParser(self)
         self._max_request_line = max_request_line
-        self._max_header_size = max_header_size
-        self._max_headers = max_headers
-        self._max_body_size = max_body_size
         self._completed: list[Request] = []
-        self._error: HttpError | None = None
-        # httptools reports callback exceptions without their object for some callbacks
-        self._callback_error: HttpError | None = None
-        self._progressed = False
-        self._stalled = 0
-        self._in_message = False
-        self._in_head = False
+        self._closed = False
         self._target = b""
-        self._headers = Headers()
-        self._head_size = 0
-        self._header_count = 0
         self._request: Request | None = None
-        self._body_parts: list[bytes] = []
-        self._body_size = 0
         self._upgrade_request: Request | None = None
         self._upgrade_body = bytearray()
         self._upgrade_body_length = 0
@@ -449,34 +618,29 @@ class RequestParser:
             raise RuntimeError("the parser stopped at an upgrade; the rest is in parser.tail")
         if self._upgrade_request is not None:
             return self._feed_upgrade_body(memoryview(data))
-        self._progressed = False
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            return self._stop_at_upgrade(data, int(upgrade.args[0]))
-        except httptools.HttpParserError as exc:
-            error = self._callback_error or HttpError(400, str(exc) or type(exc).__name__)
-            self._error = error
-            raise error from None
-        if self._in_message and not self._progressed:
-            self._check_stalled(len(data))
+        if self._closed:
+            return []
+        offset = self._parse(data)
+        if offset is not None:
+            return self._stop_at_upgrade(data, offset)
         completed = self._completed
         self._completed = []
         return completed
 
-    def _check_stalled(self, size: int) -> None:
-        # httptools buffers a header line until it is complete, with no callback; a feed with
-        # no callback at all mid-message therefore added only unreported head bytes (or
-        # trailer and chunk-size bytes). Counting them bounds that buffer, and a head is never
-        # counted larger than it is.
-        self._stalled += size
-        if self._head_size + self._stalled > self._max_header_size:
-            self._error = HttpError(431, f"request head over {self._max_header_size} bytes")
-            raise self._error
+    @property
+    def in_message(self) -> bool:
+        """True from the first byte of a request until it is complete, body included (the body
+        of an upgrade request is read after llhttp has let go of it)."""
+        return self._in_message or self._upgrade_request is not None
 
-    def _fail(self, error: HttpError) -> HttpError:
-        self._callback_error = error
-        return error
+    def _new_error(self, status: int, detail: str) -> HttpError:
+        return HttpError(status, detail)
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        # After a request that closes the connection llhttp refuses any further byte; those
+        # bytes are no request of ours (RFC 9112 9.6), not an error in the ones before.
+        if not self._closed:
+            super()._parse_failed(exc)
 
     def _stop_at_upgrade(self, data: BytesLike, offset: int) -> list[Request]:
         completed = self._completed
@@ -503,19 +667,11 @@ class RequestParser:
         self.tail = bytes(data[missing:])
         return [request]
 
-    # httptools callbacks
+    # httptools callbacks (and the hooks of _MessageParser)
 
     def on_message_begin(self) -> None:
-        self._progressed = True
-        self._in_message = True
-        self._in_head = True
-        self._stalled = 0
+        super().on_message_begin()
         self._target = b""
-        self._headers = Headers()
-        self._head_size = 0
-        self._header_count = 0
-        self._body_parts = []
-        self._body_size = 0
 
     def on_url(self, piece: bytes) -> None:
         self._progressed = True
@@ -523,42 +679,33 @@ class RequestParser:
         self._target += piece
         self._head_size += len(piece)
         if len(self._target) > self._max_request_line:
-            raise self._fail(HttpError(414, f"request line over {self._max_request_line} bytes"))
+            raise self._fail(414, f"request line over {self._max_request_line} bytes")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._progressed = True
-        self._stalled = 0
-        self._header_count += 1
-        self._head_size += len(name) + len(value) + 4
-        if self._header_count > self._max_headers:
-            raise self._fail(HttpError(431, f"more than {self._max_headers} header lines"))
-        if self._head_size > self._max_header_size:
-            raise self._fail(HttpError(431, f"request head over {self._max_header_size} bytes"))
-        if self._in_head:
-            # latin-1 maps bytes to code points one to one: nothing is lost or rejected
-            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        # trailers (after a chunked body) count against the limits but are dropped
-
-    def on_headers_complete(self) -> None:
-        self._progressed = True
-        self._stalled = 0
-        self._in_head = False
+    def _head_complete(self) -> None:
         parser = self._parser
+        assert isinstance(parser, httptools.HttpRequestParser)
         method = parser.get_method().decode("ascii")
         # "METHOD SP target SP HTTP/x.y CRLF"
         line_size = len(method) + len(self._target) + 12
         if line_size > self._max_request_line:
-            raise self._fail(HttpError(414, f"request line over {self._max_request_line} bytes"))
+            raise self._fail(414, f"request line over {self._max_request_line} bytes")
         self._head_size += len(method) + 14
         if self._head_size > self._max_header_size:
-            raise self._fail(HttpError(431, f"request head over {self._max_header_size} bytes"))
+            raise self._fail(431, self._head_too_large())
         version = parser.get_http_version()
         if version[:2] != "1.":
             # llhttp reads a line without a version as HTTP/0.9: for us it is malformed
             if version == "0.9":
-                raise self._fail(HttpError(400, "the request line has no HTTP version"))
-            raise self._fail(HttpError(505, f"HTTP/{version} is not supported"))
+                raise self._fail(400, "the request line has no HTTP version")
+            raise self._fail(505, f"HTTP/{version} is not supported")
         headers = self._headers
+        hosts = len(headers.get_all("host"))
+        # RFC 9112 3.2: which host a request is for must not be left to guesswork
+        if hosts > 1:
+            raise self._fail(400, "more than one Host header")
+        if hosts == 0 and version != "1.0":
+            raise self._fail(400, f"an HTTP/{version} request needs a Host header")
+        content_length = self._check_content_length()
         request = Request(
             method,
             self._target.decode("latin-1"),
@@ -567,41 +714,27 @@ class RequestParser:
             version,
             keep_alive=parser.should_keep_alive(),
         )
-        content_length = headers.get("content-length")
-        if content_length is not None and int(content_length) > self._max_body_size:
-            raise self._fail(HttpError(413, f"body over {self._max_body_size} bytes"))
         if method == "CONNECT":
-            raise self._fail(HttpError(501, "CONNECT is not supported"))
+            raise self._fail(501, "CONNECT is not supported")
         if request.upgrade != parser.should_upgrade():
             # Never guess where HTTP ends: refuse what llhttp and the header rule disagree on.
-            raise self._fail(HttpError(400, "ambiguous Connection/Upgrade headers"))
+            raise self._fail(400, "ambiguous Connection/Upgrade headers")
         if request.upgrade:
             if "transfer-encoding" in headers:
-                raise self._fail(HttpError(400, "an upgrade request cannot have a chunked body"))
+                raise self._fail(400, "an upgrade request cannot have a chunked body")
             self._upgrade_body_length = int(content_length or 0)
         self._request = request
 
-    def on_body(self, piece: bytes) -> None:
-        self._progressed = True
-        self._stalled = 0
-        self._body_size += len(piece)
-        if self._body_size > self._max_body_size:
-            raise self._fail(HttpError(413, f"body over {self._max_body_size} bytes"))
-        self._body_parts.append(piece)
-
-    def on_message_complete(self) -> None:
-        self._progressed = True
-        self._in_message = False
+    def _complete(self) -> None:
         request = self._request
         assert request is not None
         self._request = None
-        parts = self._body_parts
-        if parts:
-            request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        request.body = self._take_body()
+        self._closed = not request.keep_alive
         self._completed.append(request)
 
 
-class ResponseParser:
+class ResponseParser(_MessageParser):
     """Incremental client-side parser for one response (the answer to the opening handshake).
 
     `feed()` returns the response once complete: at the end of the head for a 101, at the end
@@ -611,59 +744,27 @@ class ResponseParser:
     `tail` holds the bytes after a 101 response with Upgrade and Connection headers (the first
     WebSocket frames). After any other response the connection is not reused (the handshake
     failed), so bytes after it are discarded and `tail` stays empty. Errors raise
-    `HttpResponseError` (status 0); limits as in `RequestParser`, the status line counting
-    against `max_header_size`.
+    `HttpResponseError` (status 0); limits as in `RequestParser` (defaults from
+    `fastws.Limits`), the status line counting against `max_header_size`.
     """
 
-    __slots__ = (
-        "tail",
-        "_parser",
-        "_max_header_size",
-        "_max_headers",
-        "_max_body_size",
-        "_error",
-        "_callback_error",
-        "_progressed",
-        "_stalled",
-        "_in_message",
-        "_in_head",
-        "_reason",
-        "_headers",
-        "_head_size",
-        "_header_count",
-        "_response",
-        "_body_parts",
-        "_body_size",
-        "_until_eof",
-        "_done",
-        "_returned",
-    )
+    __slots__ = ("tail", "_reason", "_response", "_until_eof", "_done", "_returned")
+
+    _kind = "response"
 
     def __init__(
         self,
         *,
-        max_header_size: int = _DEFAULT_MAX_HEADER_SIZE,
-        max_headers: int = _DEFAULT_MAX_HEADERS,
-        max_body_size: int = _DEFAULT_MAX_BODY_SIZE,
+        max_header_size: int = _LIMITS.max_header_size,
+        max_headers: int = _LIMITS.max_headers,
+        max_body_size: int = _LIMITS.max_body_size,
     ) -> None:
+        super().__init__(
+            httptools.HttpResponseParser(self), max_header_size, max_headers, max_body_size
+        )
         self.tail = b""
-        self._parser = httptools.HttpResponseParser(self)
-        self._max_header_size = max_header_size
-        self._max_headers = max_headers
-        self._max_body_size = max_body_size
-        self._error: HttpResponseError | None = None
-        self._callback_error: HttpResponseError | None = None
-        self._progressed = False
-        self._stalled = 0
-        self._in_message = False
-        self._in_head = False
         self._reason = b""
-        self._headers = Headers()
-        self._head_size = 0
-        self._header_count = 0
         self._response: Response | None = None
-        self._body_parts: list[bytes] = []
-        self._body_size = 0
         self._until_eof = False
         self._done: Response | None = None
         self._returned = False
@@ -674,28 +775,12 @@ class ResponseParser:
             raise self._error
         if self._returned:
             raise RuntimeError("the response is complete; the rest is in parser.tail")
-        self._progressed = False
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self.tail = bytes(memoryview(data)[int(upgrade.args[0]) :])
-        except httptools.HttpParserError as exc:
-            # Once the response is complete, whatever llhttp says about later bytes is moot.
-            if self._done is None:
-                error = self._callback_error or HttpResponseError(str(exc))
-                self._error = error
-                raise error from None
+        offset = self._parse(data)
+        if offset is not None:
+            self.tail = bytes(memoryview(data)[offset:])
         if self._done is not None:
             self._returned = True
             return self._done
-        if self._in_message and not self._progressed:
-            # see RequestParser._check_stalled
-            self._stalled += len(data)
-            if self._head_size + self._stalled > self._max_header_size:
-                self._error = HttpResponseError(
-                    f"response head over {self._max_header_size} bytes"
-                )
-                raise self._error
         return None
 
     def feed_eof(self) -> Response:
@@ -711,30 +796,26 @@ class ResponseParser:
         if response is None or not self._until_eof:
             self._error = HttpResponseError("connection closed before the response was complete")
             raise self._error
-        response.body = b"".join(self._body_parts)
+        response.body = self._take_body()
         self._returned = True
         return response
 
-    def _fail(self, detail: str) -> HttpResponseError:
-        self._callback_error = HttpResponseError(detail)
-        return self._callback_error
+    def _new_error(self, status: int, detail: str) -> HttpError:
+        return HttpResponseError(detail)  # nobody to answer: no status
 
-    # httptools callbacks
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        # Once the response is complete, whatever llhttp says about later bytes is moot.
+        if self._done is None:
+            super()._parse_failed(exc)
+
+    # httptools callbacks (and the hooks of _MessageParser)
 
     def on_message_begin(self) -> None:
         if self._done is not None:
             # the bytes after a complete response belong to nobody: stop llhttp here
-            raise self._fail("data after the response")
-        self._progressed = True
-        self._in_message = True
-        self._in_head = True
-        self._stalled = 0
+            raise self._fail(0, "data after the response")
+        super().on_message_begin()
         self._reason = b""
-        self._headers = Headers()
-        self._head_size = 0
-        self._header_count = 0
-        self._body_parts = []
-        self._body_size = 0
 
     def on_status(self, piece: bytes) -> None:
         self._progressed = True
@@ -742,30 +823,14 @@ class ResponseParser:
         self._reason += piece
         self._head_size += len(piece)
         if self._head_size > self._max_header_size:
-            raise self._fail(f"response head over {self._max_header_size} bytes")
+            raise self._fail(431, self._head_too_large())
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._progressed = True
-        self._stalled = 0
-        self._header_count += 1
-        self._head_size += len(name) + len(value) + 4
-        if self._header_count > self._max_headers:
-            raise self._fail(f"more than {self._max_headers} header lines")
-        if self._head_size > self._max_header_size:
-            raise self._fail(f"response head over {self._max_header_size} bytes")
-        if self._in_head:
-            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
-
-    def on_headers_complete(self) -> None:
-        self._progressed = True
-        self._stalled = 0
-        self._in_head = False
+    def _head_complete(self) -> None:
         parser = self._parser
+        assert isinstance(parser, httptools.HttpResponseParser)
         status = parser.get_status_code()
         headers = self._headers
-        content_length = headers.get("content-length")
-        if content_length is not None and int(content_length) > self._max_body_size:
-            raise self._fail(f"body over {self._max_body_size} bytes")
+        content_length = self._check_content_length()
         self._until_eof = (
             not _is_bodyless_status(status)
             and content_length is None
@@ -779,21 +844,11 @@ class ResponseParser:
             parser.get_http_version(),
         )
 
-    def on_body(self, piece: bytes) -> None:
-        self._progressed = True
-        self._stalled = 0
-        self._body_size += len(piece)
-        if self._body_size > self._max_body_size:
-            raise self._fail(f"body over {self._max_body_size} bytes")
-        self._body_parts.append(piece)
-
-    def on_message_complete(self) -> None:
-        self._progressed = True
-        self._in_message = False
+    def _complete(self) -> None:
         response = self._response
         assert response is not None
         self._response = None
         if 100 <= response.status < 200 and response.status != 101:
             return  # interim response (100 Continue, 103 Early Hints): the real one follows
-        response.body = b"".join(self._body_parts)
+        response.body = self._take_body()
         self._done = response

@@ -1,4 +1,5 @@
-"""Fuzz target: the HTTP request parser and the WebSocket opening handshake.
+"""Fuzz target: the HTTP request parser, the server conversation and the WebSocket opening
+handshake.
 
     python fuzz/fuzz_http.py -max_total_time=600
     python fuzz/fuzz_http.py -runs=5000
@@ -6,7 +7,9 @@
 Arbitrary bytes, fed in fuzzer-chosen chunks, may only end in requests or an HttpError
 (whose status is a 4xx/5xx the server can answer with); every upgrade request either
 gets a well-formed 101 from fastws.accept or a HandshakeError with 400, 405 or 426;
-every error response encodes.
+every error response encodes. The same chunks through a ServerConversation, each request
+answered (upgrades accepted or declined), give only HTTP/1.1 answers or an HttpError that
+reject() answers, and never a RuntimeError.
 """
 
 import sys
@@ -15,7 +18,13 @@ import atheris
 
 with atheris.instrument_imports():
     from fastws.handshake import HandshakeError, accept, accept_key
-    from fastws.http import HttpError, RequestParser
+    from fastws.http import HttpError, RequestParser, Response
+    from fastws.http1 import ServerConversation
+    from fastws.limits import Limits
+
+MAX_HELD = 256
+LIMITS = Limits(max_header_size=4096, max_headers=32, max_body_size=4096, max_frame_size=MAX_HELD)
+SWITCH = Response(101, {"Upgrade": "websocket", "Connection": "Upgrade"})
 
 SEED_REQUEST = (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -30,11 +39,13 @@ def check(data: bytes) -> None:
         cut = len(payload) % (len(SEED_REQUEST) + 1)
         payload = SEED_REQUEST[:cut] + payload + SEED_REQUEST[cut:]
 
+    chunks = [payload[start:start + step] for start in range(0, len(payload), step)]
+    converse(chunks)
     parser = RequestParser(max_header_size=4096, max_headers=32, max_body_size=4096)
     requests = []
     try:
-        for start in range(0, len(payload), step):
-            requests += parser.feed(payload[start:start + step])
+        for chunk in chunks:
+            requests += parser.feed(chunk)
             if parser.upgraded:
                 break
     except HttpError as error:
@@ -54,6 +65,29 @@ def check(data: bytes) -> None:
             key = request.headers.get("sec-websocket-key")
             assert response.headers.get("sec-websocket-accept") == accept_key(key)
             response.encode()
+
+
+def converse(chunks: list[bytes]) -> None:
+    conv = ServerConversation(LIMITS)
+    for chunk in chunks:
+        try:
+            conv.receive_data(chunk)
+        except HttpError as error:
+            assert 400 <= error.status <= 599, error.status
+            assert conv.reject(error.response()).startswith(b"HTTP/1.1 ")
+            assert conv.closing and not conv.idle
+            return
+        while (request := conv.next_request()) is not None:
+            # the request decides the answer, so that a corpus entry always replays the same
+            if request.upgrade and len(request.target) % 2:
+                data, rest = conv.accept_upgrade(SWITCH)
+                assert data.startswith(b"HTTP/1.1 101 ") and conv.upgraded
+                assert len(rest) <= MAX_HELD + 14  # the held bytes are bounded
+                return
+            data = conv.respond(Response(200 + len(request.target) % 3 * 100, body=b"x"))
+            assert data.startswith(b"HTTP/1.1 ")
+        if conv.closing:
+            return
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+import fastws
 from fastws.handshake import (
     GUID,
     HandshakeError,
@@ -88,6 +89,26 @@ def test_check_request_failures(request_: Request, status: int, words: str) -> N
         check_request(request_)
     assert caught.value.status == status
     assert words in str(caught.value)
+
+
+def test_second_check_of_a_validated_request_is_free() -> None:
+    request = upgrade_request()
+    assert request == upgrade_request()
+    assert check_request(request) == KEY
+    # what was learnt about the request is not part of it
+    assert request == upgrade_request()
+    # checked once: the request is what was received, and it is not looked at again
+    request.headers.set("Sec-WebSocket-Version", "8")
+    assert check_request(request) == KEY
+    assert accept(request).headers["Sec-WebSocket-Accept"] == ACCEPT
+
+
+def test_a_request_that_failed_is_checked_again() -> None:
+    request = upgrade_request(**{"Sec-WebSocket-Version": "8"})
+    for _ in range(2):
+        with pytest.raises(HandshakeError) as caught:
+            check_request(request)
+        assert caught.value.status == 426
 
 
 def test_two_keys_is_400() -> None:
@@ -311,9 +332,29 @@ def test_parse_ws_url(url: str, expected: tuple[bool, str, int, str]) -> None:
         ("ws:///path", "host"),
         ("ws://user:pw@example.com/", "credentials"),
         ("ws://example.com:99999/", "ort"),
+        ("ws://127.0.0.1:9/path with space", "whitespace"),
+        ("ws://127.0.0.1:9/path?q=a b", "whitespace"),
+        ("ws://127.0.0.1:9/pa\tth", "whitespace"),  # urlsplit would drop the tab
+        ("ws://127.0.0.1:9/pa\r\nth", "whitespace"),
+        ("ws://127.0.0.1:9/\x00", "control"),
+        ("ws://127.0.0.1:9/\x7f", "control"),
+        ("ws://127.0.0.1:9/caf\u00e9", "percent-encode"),
+        ("ws://exa mple.com/", "whitespace"),
+        (" ws://example.com/", "whitespace"),
     ],
 )
 def test_parse_ws_url_errors(url: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_ws_url(url)
 
+
+def test_parse_ws_url_percent_encoded_resource_is_kept() -> None:
+    assert parse_ws_url("ws://h/path%20with%20space?q=caf%C3%A9") == (
+        False, "h", 80, "/path%20with%20space?q=caf%C3%A9",
+    )
+
+
+
+def test_connect_refuses_a_bad_url_before_any_io() -> None:
+    with pytest.raises(ValueError, match="whitespace"):
+        fastws.connect("ws://127.0.0.1:9/path with space", object())

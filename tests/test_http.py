@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastws import Limits
 from fastws.http import (
+    TOKEN,
     Headers,
     HttpError,
     HttpResponseError,
@@ -14,6 +16,7 @@ from fastws.http import (
     RequestParser,
     Response,
     ResponseParser,
+    is_request_target,
 )
 
 PIPELINED = (
@@ -154,6 +157,20 @@ def test_response_encode_rejects_bad_reason_and_bodyless_body() -> None:
         Request(target="/a b").encode()
 
 
+@pytest.mark.parametrize("target", ["/a b", "/a\tb", "/\x7f", "/caf\u00e9", "", "/a\r\nX: y"])
+def test_request_target_must_be_visible_ascii(target: str) -> None:
+    assert not is_request_target(target)
+    with pytest.raises(ValueError, match="target"):
+        Request(target=target).encode()
+
+
+def test_request_target_and_token_accept() -> None:
+    assert is_request_target("/p%20x?q=a&b=%C3%A9#~!$'()*+,;=:@")
+    assert is_request_target("*") and is_request_target("example.com:443")
+    assert TOKEN.fullmatch("Sec-WebSocket-Key") and TOKEN.fullmatch("!#$%&'*+-.^_`|~09")
+    assert not any(TOKEN.fullmatch(text) for text in ("", "a b", "a,b", "a:b", '"a"', "é"))
+
+
 def test_response_text_and_html() -> None:
     text = Response.text(200, "héllo", headers={"X": "1"})
     assert text.body == "héllo".encode()
@@ -199,15 +216,111 @@ def test_parsed_request_fields() -> None:
 @pytest.mark.parametrize(
     ("head", "keep_alive"),
     [
-        (b"GET / HTTP/1.1\r\n\r\n", True),
-        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n", False),
         (b"GET / HTTP/1.0\r\n\r\n", False),
         (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+        (b"GET / HTTP/1.0\r\nHost: h\r\nConnection: Keep-Alive\r\n\r\n", True),
     ],
 )
 def test_keep_alive_rules(head: bytes, keep_alive: bool) -> None:
     (request,) = RequestParser().feed(head)
     assert request.keep_alive is keep_alive
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /a HTTP/1.0\r\n\r\n",
+    ],
+)
+def test_nothing_after_a_request_that_closes_is_parsed(first: bytes) -> None:
+    # RFC 9112 9.6: no further request is processed, and bytes that would be an error are
+    # not blamed on the request before them
+    parser = RequestParser()
+    (request,) = parser.feed(first + b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert request.path == "/a" and not request.keep_alive
+    assert parser.feed(b"garbage\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n") == []
+    parser = RequestParser()
+    (request,) = parser.feed(first + b"\x00garbage")
+    assert request.path == "/a"
+
+
+@pytest.mark.parametrize(
+    ("head", "words"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "needs a Host"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", "more than one Host"),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host"),
+        (UPGRADE_HEAD.replace(b"Host: h\r\n", b"") + b"\r\n", "needs a Host"),
+    ],
+)
+def test_host_missing_or_repeated_is_400(head: bytes, words: str) -> None:
+    # RFC 9112 3.2
+    with pytest.raises(HttpError, match=words) as caught:
+        RequestParser().feed(head)
+    assert caught.value.status == 400
+
+
+def test_host_rules_accept() -> None:
+    requests = RequestParser().feed(
+        b"GET / HTTP/1.0\r\n\r\n"  # HTTP/1.0 may leave Host out, but then it closes
+    ) + RequestParser().feed(
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n"  # an empty Host is allowed (RFC 9112 3.2)
+    )
+    assert [(r.target, r.headers.get("host")) for r in requests] == [
+        ("/", None), ("/", "h"), ("*", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # each would let two parsers disagree on where a request ends (request smuggling)
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+        b"0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\n",
+        # obs-fold: a line starting with whitespace continues the one before
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+        # whitespace between a field name and its colon
+        b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length : 1\r\n\r\nx",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n",
+        # NUL in a name or a value
+        b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX\x00Y: a\r\n\r\n",
+        # bare LF or bare CR as a line end
+        b"GET / HTTP/1.1\nHost: h\n\n",
+        b"GET / HTTP/1.1\r\nHost: h\nX: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+        b"GET / HTTP/1.1\r\nHost: h\rX: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\n0\r\n\r\n",
+    ],
+)
+def test_smuggling_probes_are_400(data: bytes) -> None:
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(data)
+    assert caught.value.status == 400
+    # and whatever the chunking
+    parser = RequestParser()
+    with pytest.raises(HttpError) as caught:
+        for i in range(len(data)):
+            parser.feed(data[i : i + 1])
+    assert caught.value.status == 400
 
 
 @pytest.mark.parametrize(
@@ -219,9 +332,9 @@ def test_keep_alive_rules(head: bytes, keep_alive: bool) -> None:
         b"GET / FOO/1.1\r\n\r\n",
         b"GET /\r\n\r\n",
         b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
 )
 def test_malformed_is_400(data: bytes) -> None:
@@ -247,14 +360,15 @@ def test_parser_dead_after_error() -> None:
 
 def test_request_line_too_long_is_414() -> None:
     parser = RequestParser(max_request_line=100)
-    assert parser.feed(b"GET /" + b"a" * 80 + b" HTTP/1.1\r\n\r\n")
+    assert parser.feed(b"GET /" + b"a" * 80 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
     with pytest.raises(HttpError) as caught:
         RequestParser(max_request_line=100).feed(b"GET /" + b"a" * 100)
     assert caught.value.status == 414
 
 
 def test_too_many_headers_is_431() -> None:
-    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(11)) + b"\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(10))
+    head += b"\r\n"
     with pytest.raises(HttpError) as caught:
         RequestParser(max_headers=10).feed(head)
     assert caught.value.status == 431
@@ -262,7 +376,7 @@ def test_too_many_headers_is_431() -> None:
 
 
 def test_head_too_large_is_431() -> None:
-    head = b"GET / HTTP/1.1\r\nX: " + b"v" * 2000 + b"\r\n\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 2000 + b"\r\n\r\n"
     with pytest.raises(HttpError) as caught:
         RequestParser(max_header_size=1000).feed(head)
     assert caught.value.status == 431
@@ -280,7 +394,7 @@ def test_endless_header_line_sent_slowly_is_431() -> None:
 
 
 def test_head_near_the_limit_sent_slowly_is_accepted() -> None:
-    head = b"GET / HTTP/1.1\r\nX: " + b"v" * 900 + b"\r\n\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 900 + b"\r\n\r\n"
     parser = RequestParser(max_header_size=1000)
     assert len(feed_in_pieces(parser, head, list(range(0, len(head), 7)))) == 1
 
@@ -293,11 +407,31 @@ def test_big_chunk_of_small_pipelined_requests_is_accepted() -> None:
     assert len(parser.feed(one[20:])) == 1
 
 
+def test_parser_limits_default_to_fastws_limits() -> None:
+    limits = Limits()
+    post = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+    assert RequestParser().feed(post % limits.max_body_size) == []  # waits for the body
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(post % (limits.max_body_size + 1))
+    assert caught.value.status == 413
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(limits.max_headers))
+    with pytest.raises(HttpError) as caught:
+        RequestParser().feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + many + b"\r\n")
+    assert caught.value.status == 431
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+    assert ResponseParser().feed(answer % limits.max_body_size) is None
+    with pytest.raises(HttpResponseError, match="body"):
+        ResponseParser().feed(answer % (limits.max_body_size + 1))
+
+
 def test_body_too_large_is_413() -> None:
     with pytest.raises(HttpError) as caught:
-        RequestParser(max_body_size=10).feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+        RequestParser(max_body_size=10).feed(
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n"
+        )
     assert caught.value.status == 413
-    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"6\r\nabcdef\r\n" * 2
+    chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"6\r\nabcdef\r\n" * 2
     with pytest.raises(HttpError) as caught:
         RequestParser(max_body_size=10).feed(chunked)
     assert caught.value.status == 413
@@ -311,7 +445,7 @@ def test_connect_is_501() -> None:
 
 def test_upgrade_stops_with_tail() -> None:
     parser = RequestParser()
-    requests = parser.feed(b"GET / HTTP/1.1\r\n\r\n" + UPGRADE_HEAD + b"\r\n" + FRAME)
+    requests = parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + UPGRADE_HEAD + b"\r\n" + FRAME)
     assert [r.path for r in requests] == ["/", "/ws"]
     assert requests[-1].upgrade and parser.upgraded
     assert parser.tail == FRAME
@@ -345,11 +479,25 @@ def test_upgrade_request_body_is_not_tail() -> None:
 def test_upgrade_header_without_connection_upgrade_is_plain() -> None:
     parser = RequestParser()
     requests = parser.feed(
-        b"GET /1 HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+        b"GET /1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
     )
     assert [(r.path, r.upgrade) for r in requests] == [("/1", False), ("/2", False)]
     assert not parser.upgraded
-    assert [r.path for r in parser.feed(b"GET /3 HTTP/1.1\r\n\r\n")] == ["/3"]
+    assert [r.path for r in parser.feed(b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n")] == ["/3"]
+
+
+def test_in_message_until_the_request_is_complete() -> None:
+    parser = RequestParser()
+    assert not parser.in_message
+    parser.feed(b"\r\n")  # a stray line end between requests starts nothing
+    assert not parser.in_message
+    parser.feed(b"GET / HTTP/1.1\r\nHo")
+    assert parser.in_message
+    parser.feed(b"st: h\r\n\r\n" + UPGRADE_HEAD + b"Content-Length: 5\r\n\r\nhel")
+    assert parser.in_message  # the upgrade request's body is still coming
+    parser.feed(b"lo")
+    assert not parser.in_message and parser.upgraded
 
 
 def test_chunked_upgrade_request_is_400() -> None:
