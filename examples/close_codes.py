@@ -7,6 +7,7 @@ each report it once, through `on_closed(conn, code, reason)`:
   /too-big   a 2000-byte message against max_message_size=1024     -> 1009
   /bad-utf8  a text message that is not UTF-8                       -> 1007
   /protocol  a continuation frame with no message to continue       -> 1002
+             (fastws will not send one: this client plays a broken peer with raw bytes)
   /crash     the server's on_frame raises                           -> 1011
   /abort     the server drops TCP without a close frame (abort())   -> 1006
   /deaf      the client stops reading, so the server's close frame is never answered:
@@ -77,7 +78,12 @@ class Client:
         elif path == "/bad-utf8":
             conn.send(Frame(opcode=OpCode.TEXT, data=b"caf\xe9"))          # latin-1, not UTF-8
         elif path == "/protocol":
-            conn.send(Frame(opcode=OpCode.CONTINUATION, data=b"orphan"))
+            orphan = Frame(opcode=OpCode.CONTINUATION, data=b"orphan")
+            try:
+                conn.send(orphan)                      # fastws refuses to break the protocol
+            except ValueError:
+                orphan.masking_key = 0x1234ABCD        # so play a broken peer, on the raw socket
+                conn.socket.send(orphan.encode())
         elif path == "/crash":
             conn.send_text("boom")
         elif path == "/deaf":

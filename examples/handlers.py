@@ -66,7 +66,7 @@ class ChatClient:
             conn.close(1000, "done")
 
     def on_closed(self, conn: Connection, code: int, reason: str) -> None:
-        self.closed = (code, reason)
+        self.closed = (int(code), reason)
         conn.loop.stop()
 
 

@@ -67,7 +67,7 @@ class Client:
             conn.close(1000, "got everything")
 
     def on_closed(self, conn: Connection, code: int, reason: str) -> None:
-        self.closed = (code, reason)
+        self.closed = (int(code), reason)
         conn.loop.stop()
 
 

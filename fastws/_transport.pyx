@@ -146,6 +146,8 @@ cdef class Transport(Sink):
     cdef bint _writing_paused
     cdef bint _overflowed
     cdef Py_ssize_t _attempted        # bytes offered to the last send
+    cdef readonly unsigned long long bytes_sent
+    cdef readonly unsigned long long bytes_received
     # ending
     cdef bint _ending                 # close once the queue is sent (end())
     cdef bint _output_shut
@@ -314,6 +316,7 @@ cdef class Transport(Sink):
                 return 0
 
     cdef int _received(self, bytearray buffer, const uint8_t *data, Py_ssize_t n) except -1:
+        self.bytes_received += n
         if self._discarding:
             return 0
         self._corked = True
@@ -521,6 +524,7 @@ cdef class Transport(Sink):
         queue = self._queue
         cdef Py_ssize_t size
         self._size -= sent
+        self.bytes_sent += sent
         while sent:
             head = queue[0]
             if type(head) is _Masked:

@@ -141,7 +141,7 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
             return
         conn.start(lambda: conn._begin_client_handshake(handshake))
 
-    if error is not None:
+    if error is not None or address is None:
         loop.call_soon(failed, error)
         return conn
     err = sock.connect_ex(address)

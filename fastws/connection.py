@@ -145,6 +145,16 @@ class Connection(ConnectionBase):
         return int(self._transport.write_buffer_size)
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes the kernel took from this connection so far (TLS: before encryption)."""
+        return int(self._transport.bytes_sent)
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from this connection so far (TLS: after decryption)."""
+        return int(self._transport.bytes_received)
+
+    @property
     def socket(self) -> socket.socket:
         """The connection's socket, for options and addresses. Do not read, write or close
         it: the transport does its I/O on the descriptor directly; use close() or abort()."""
@@ -395,8 +405,9 @@ class Connection(ConnectionBase):
             return self._ending
         if phase is Phase.TLS_HANDSHAKE:
             return CloseCode.TLS_HANDSHAKE, f"TLS handshake failed: {exc}"
-        if protocol is not None and protocol.close_code != CloseCode.ABNORMAL:
-            return protocol.close_code, protocol.close_reason
+        code = protocol.close_code if protocol is not None else None
+        if protocol is not None and code is not None and code != CloseCode.ABNORMAL:
+            return code, protocol.close_reason
         if exc is not None:
             return CloseCode.ABNORMAL, f"connection lost: {exc}"
         if protocol is not None:
@@ -408,8 +419,8 @@ class Connection(ConnectionBase):
     def _report_closed(self, protocol: Protocol | None) -> None:
         code, reason = self.close_code, self.close_reason
         on_closed = getattr(self._handler, "on_closed", None)
-        if protocol is not None and protocol.failed:
-            failure = protocol.failure
+        failure = protocol.failure if protocol is not None else None
+        if failure is not None:
             logger.info("%s: failed the connection with %d: %s", self._peer(),
                         failure.code, failure.reason)
         elif protocol is None:

@@ -302,7 +302,7 @@ class Deflate:
     of each message against its limit and checks decoded text as UTF-8; `decode` never
     returns more than that limit allows plus one byte, so a decompression bomb costs no
     more memory than a legal message. `produced_max` is the largest inflated message (or
-    part of one, when it failed) seen.
+    part of one, when it failed) seen; `compressed` and `decompressed` count messages.
     """
 
     name = EXTENSION_NAME
@@ -324,6 +324,8 @@ class Deflate:
         self.local_max_window_bits = local_max_window_bits
         self.remote_max_window_bits = remote_max_window_bits
         self.produced_max = 0
+        self.compressed = 0              # messages deflated
+        self.decompressed = 0            # messages inflated
         # zlib's objects are made when a message needs them, so an idle connection has none
         # (zlib.Compress / zlib.Decompress: typeshed's names for types zlib does not export)
         self._compressor: zlib._Compress | None = None
@@ -364,6 +366,7 @@ class Deflate:
         self._size += len(out)
         self.produced_max = max(self.produced_max, self._size)
         if fin:
+            self.decompressed += 1
             if decompressor.eof:
                 # The peer ended the deflate stream (BFINAL): the next message starts anew.
                 if decompressor.unused_data not in (b"", _TAIL):
@@ -393,6 +396,7 @@ class Deflate:
             if out.endswith(_TAIL):
                 out = out[:-4]
             self._deflating = False
+            self.compressed += 1
             if self.local_no_context_takeover:
                 self._compressor = None
         return out, (self.rsv if first else 0)

@@ -1,15 +1,17 @@
-"""Fuzz target: the frame parser, UTF-8 validation and reassembly (Consolidate).
+"""Fuzz target: the WebSocket protocol (frames, UTF-8, reassembly, permessage-deflate, closing).
 
     python fuzz/fuzz_frames.py -max_total_time=600        # a long run
     python fuzz/fuzz_frames.py -runs=5000                  # what the test suite does
 
-Input: a chunking seed and bytes fed to a server-side parser (masks expected, 64 KiB frame
-limit, text validated as it arrives). Invariants checked on every input:
-- violations are reported once, with a close code the RFC allows, and nothing else raises;
-- every frame delivered is well-formed (control frames FIN and <= 125 bytes; text frames
-  that complete a message decode as UTF-8);
-- reassembled messages never exceed the message limit and concatenate their fragments;
-- the parser buffers at most one frame's worth of bytes.
+Input: a chunking seed, a choice of settings, and bytes fed to a server-side Protocol (masks
+expected, 64 KiB frame limit, 100 KB message limit, permessage-deflate negotiated or not,
+reassembly on or off). Invariants checked on every input:
+- nothing raises; a violation fails the connection once, with a close code the RFC allows,
+  and a close frame carrying that code is the last thing the protocol sends;
+- every frame delivered is well-formed (pings only when not answered; whole text messages
+  decode as UTF-8) and no message passes the limit, decompressed;
+- with a frame parser alone, violations are reported once and the parser buffers at most
+  one frame's worth of bytes; the UTF-8 validator agrees with Python's decoder.
 """
 
 import sys
@@ -17,61 +19,64 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from fastws import CloseCode, FrameParser, OpCode, Utf8Validator
-    from fastws.stages import Consolidate
+    from fastws import CloseCode, Deflate, FrameParser, OpCode, Protocol, Utf8Validator
 
 ALLOWED_CODES = {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA, CloseCode.MESSAGE_TOO_BIG}
 MAX_FRAME = 65536
 MAX_MESSAGE = 100_000
 
 
-class FakeConnection:
-    """What Consolidate needs from a connection: a limit and fail()."""
-
-    def __init__(self):
-        self.max_message_size = MAX_MESSAGE
-        self.failures = []
-
-    def fail(self, code, reason):
-        self.failures.append((code, reason))
-
-
 def check(data: bytes) -> None:
     provider = atheris.FuzzedDataProvider(data)
     step = provider.ConsumeIntInRange(1, 64)
+    settings = provider.ConsumeIntInRange(0, 3)
     payload = provider.ConsumeBytes(provider.remaining_bytes())
+    check_protocol(payload, step, deflate=bool(settings & 1), reassemble=bool(settings & 2))
+    check_parser(payload, step)
 
-    frames, errors, messages = [], [], []
-    conn = FakeConnection()
-    consolidate = Consolidate()
-    consolidate.conn = conn
-    consolidate._pass_in = messages.append
-    consolidate._pass_out = lambda frame: None
 
-    def on_frame(frame):
-        frames.append(frame)
-        if not conn.failures:
-            consolidate.on_frame_in(frame)
+def check_protocol(payload: bytes, step: int, *, deflate: bool, reassemble: bool) -> None:
+    protocol = Protocol(False, max_frame_size=MAX_FRAME, max_message_size=MAX_MESSAGE,
+                        extension=Deflate() if deflate else None, reassemble=reassemble)
+    events = []
+    for start in range(0, len(payload), step):
+        protocol.receive_data(payload[start:start + step])
+        events.extend(protocol.events_received())
+    if protocol.failed:
+        assert protocol.failure.code in ALLOWED_CODES, protocol.failure
+        sent = protocol.data_to_send()
+        assert sent.endswith(protocol.failure.code.to_bytes(2, "big")
+                             + protocol.failure.reason.encode()[:123]) or protocol.close_rcvd
+        assert protocol.sink.ended
+    message = None
+    for event in events:
+        if not hasattr(event, "opcode"):             # the peer's Close: always last
+            assert event is events[-1]
+            continue
+        assert event.opcode in (0, 1, 2, 9, 10) and event.opcode != OpCode.PING
+        assert (event.rsv & 4) == 0
+        if event.opcode in (OpCode.TEXT, OpCode.BINARY):
+            message = (event.opcode, len(event.data))
+        elif event.opcode == OpCode.CONTINUATION:
+            assert message is not None and not reassemble
+            message = (message[0], message[1] + len(event.data))
+        if message is not None:
+            assert message[1] <= MAX_MESSAGE
+            if reassemble and message[0] == OpCode.TEXT:
+                event.data.decode("utf-8")        # only valid text gets through
+        if event.fin:
+            message = None
 
-    parser = FrameParser(on_frame, lambda code, reason: errors.append(code),
+
+def check_parser(payload: bytes, step: int) -> None:
+    errors = []
+    parser = FrameParser(lambda frame: None, lambda code, reason: errors.append(code),
                          max_frame_size=MAX_FRAME, validate_utf8=True)
     for start in range(0, len(payload), step):
         parser.feed(payload[start:start + step])
         assert parser.buffered <= MAX_FRAME + 14, parser.buffered
-
     assert len(errors) <= 1, errors
     assert all(code in ALLOWED_CODES for code in errors), errors
-    assert all(code in ALLOWED_CODES for code, _ in conn.failures), conn.failures
-    for frame in frames:
-        assert 0 <= frame.opcode <= 15 and frame.opcode not in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15)
-        if frame.is_control:
-            assert frame.fin and len(frame.data) <= 125
-        assert len(frame.data) <= MAX_FRAME
-    for message in messages:
-        if message.opcode in (OpCode.TEXT, OpCode.BINARY):
-            assert message.fin and len(message.data) <= MAX_MESSAGE
-        if message.opcode == OpCode.TEXT:
-            message.data.decode("utf-8")          # the parser let only valid text through
     # The validator agrees with Python's decoder on the raw input, split at `step`.
     validator = Utf8Validator()
     ok = all([validator.feed(payload[i:i + step]) for i in range(0, len(payload), step)])

@@ -1,4 +1,4 @@
-"""permessage-deflate (RFC 7692): negotiation tables, the Deflate stage, round trips between
+"""permessage-deflate (RFC 7692): negotiation tables, the Deflate extension, round trips between
 our client and our server for every parameter combination, a decompression bomb, and
 interoperability with the `websockets` library in both directions.
 
@@ -28,7 +28,7 @@ from fastws import (
     DeflateOptions,
     Frame,
     OpCode,
-    Stage,
+    Protocol,
 )
 from fastws.__main__ import build_parser
 from fastws.deflate import (
@@ -223,62 +223,66 @@ def test_client_rejects_client_max_window_bits_not_offered():
     assert stage is not None and stage.remote_no_context_takeover
 
 
-# --------------------------------------------------------------------------- the stage alone
+# --------------------------------------------------------------------------- the extension
 
-class FakeConn:
-    def __init__(self, max_message_size=None):
-        self.max_message_size = max_message_size
-        self.failures: list[tuple[int, str]] = []
-
-    def fail(self, code, reason):
-        self.failures.append((code, reason))
-
-
-def attach(stage: Deflate, max_message_size=None):
-    conn = FakeConn(max_message_size)
-    inbound: list[Frame] = []
-    outbound: list[Frame] = []
-    stage.conn = conn  # type: ignore[assignment]
-    stage._pass_in = inbound.append
-    stage._pass_out = outbound.append
-    return conn, inbound, outbound
-
-
-def pair(**settings):
-    """A sender stage and a receiver stage agreeing on `settings` (from the sender's view)."""
+def pair(max_message_size=None, **settings):
+    """A client protocol and a server protocol whose Deflate extensions agree on `settings`
+    (given from the client's view); the server delivers frames as they come."""
     sender = Deflate(**settings)
     receiver = Deflate(
         local_max_window_bits=15,
         remote_max_window_bits=settings.get("local_max_window_bits", 15),
         remote_no_context_takeover=settings.get("local_no_context_takeover", False))
-    return sender, receiver
+    return (Protocol(True, extension=sender),
+            Protocol(False, extension=receiver, reassemble=False,
+                     max_message_size=max_message_size))
+
+
+def wire_frames(data: bytes) -> list[Frame]:
+    """The frames in a client's bytes, as they are on the wire."""
+    frames: list[Frame] = []
+    parser = fastws.FrameParser(frames.append, expect_mask=True)
+    parser.allowed_rsv = 7
+    parser.feed(data)
+    return frames
+
+
+def receiver(max_message_size=None) -> Protocol:
+    return Protocol(False, extension=Deflate(), reassemble=False,
+                    max_message_size=max_message_size)
+
+
+def send_raw(protocol: Protocol, opcode: int, data: bytes, fin: bool = True, rsv: int = 0):
+    protocol.receive_data(Frame(fin=fin, rsv=rsv, opcode=opcode, data=data,
+                                masking_key=0x5A5A5A5A).encode())
 
 
 @pytest.mark.parametrize("reset", [False, True])
 @pytest.mark.parametrize("bits", [9, 12, 15])
-def test_stage_round_trip_whole_and_fragmented(reset, bits):
-    sender, receiver = pair(local_max_window_bits=bits, local_no_context_takeover=reset)
-    _, _, wire = attach(sender)
-    rconn, delivered, _ = attach(receiver)
+def test_extension_round_trip_whole_and_fragmented(reset, bits):
+    client, server = pair(local_max_window_bits=bits, local_no_context_takeover=reset)
     text = ("permessage-deflate ünïcödé " * 200).encode()
     data = os.urandom(3000) + b"\x00" * 3000
-    sender.on_frame_out(Frame(opcode=OpCode.TEXT, data=text))
-    sender.on_frame_out(Frame(opcode=OpCode.BINARY, data=data))
-    sender.on_frame_out(Frame(opcode=OpCode.TEXT, data=text))           # context reuse
-    sender.on_frame_out(Frame(opcode=OpCode.BINARY, data=b""))
+    client.send(Frame(opcode=OpCode.TEXT, data=text))
+    client.send(Frame(opcode=OpCode.BINARY, data=data))
+    client.send(Frame(opcode=OpCode.TEXT, data=text))           # context reuse
+    client.send(Frame(opcode=OpCode.BINARY, data=b""))
     # fragmented, with a ping in between
-    sender.on_frame_out(Frame(fin=False, opcode=OpCode.TEXT, data=text[:1000]))
-    sender.on_frame_out(Frame(opcode=OpCode.PING, data=b"p"))
-    sender.on_frame_out(Frame(fin=False, opcode=OpCode.CONTINUATION, data=text[1000:2000]))
-    sender.on_frame_out(Frame(fin=True, opcode=OpCode.CONTINUATION, data=text[2000:]))
+    client.send(Frame(fin=False, opcode=OpCode.TEXT, data=text[:1000]))
+    client.ping(b"p")
+    client.send(Frame(fin=False, opcode=OpCode.CONTINUATION, data=text[1000:2000]))
+    client.send(Frame(fin=True, opcode=OpCode.CONTINUATION, data=text[2000:]))
+    data_out = client.data_to_send()
+    wire = wire_frames(data_out)
     assert [f.rsv for f in wire] == [4, 4, 4, 4, 4, 0, 0, 0]
-    assert wire[0].data != text and len(wire[0].data) < len(text) // 5
+    assert len(wire[0].data) < len(text) // 5
     if not reset and bits == 15:   # the second copy refers back to the first one
         assert len(wire[2].data) < len(wire[0].data)
     assert wire[3].data == b"\x00"                  # the empty message (RFC 7692 7.2.3.6)
-    for frame in wire:
-        receiver.on_frame_in(frame)
-    assert not rconn.failures
+    server.auto_pong = False                        # see the ping among the fragments
+    server.receive_data(data_out)
+    assert not server.failed
+    delivered = server.events_received()
     assert [(f.opcode, f.rsv, f.fin) for f in delivered] == [
         (OpCode.TEXT, 0, True), (OpCode.BINARY, 0, True), (OpCode.TEXT, 0, True),
         (OpCode.BINARY, 0, True), (OpCode.TEXT, 0, False), (OpCode.PING, 0, True),
@@ -286,98 +290,80 @@ def test_stage_round_trip_whole_and_fragmented(reset, bits):
     assert delivered[0].data == text and delivered[2].data == text
     assert delivered[1].data == data and delivered[3].data == b""
     assert b"".join(f.data for f in delivered[4:] if f.opcode != OpCode.PING) == text
+    assert client.extension.compressed == 5 and server.extension.decompressed == 5
 
 
-def test_stage_min_size_and_uncompressed_inbound():
-    sender = Deflate(min_size=100)
-    _, _, wire = attach(sender)
-    sender.on_frame_out(Frame(opcode=OpCode.TEXT, data=b"short"))
-    sender.on_frame_out(Frame(opcode=OpCode.TEXT, data=b"long" * 50))
+def test_extension_min_size_and_uncompressed_inbound():
+    client = Protocol(True, extension=Deflate(min_size=100))
+    client.send_text("short")
+    client.send_text("long" * 50)
+    wire = wire_frames(client.data_to_send())
     assert [f.rsv for f in wire] == [0, 4]
     assert wire[0].data == b"short"
-    receiver = Deflate()
-    conn, delivered, _ = attach(receiver)
-    receiver.on_frame_in(Frame(opcode=OpCode.TEXT, data=b"plain"))     # RSV1 unset: as is
-    receiver.on_frame_in(wire[1])
-    assert [f.data for f in delivered] == [b"plain", b"long" * 50]
-    assert not conn.failures
+    server = receiver()
+    send_raw(server, OpCode.TEXT, b"plain")                      # RSV1 unset: as it is
+    send_raw(server, OpCode.TEXT, wire[1].data, rsv=4)
+    assert [f.data for f in server.events_received()] == [b"plain", b"long" * 50]
+    assert not server.failed
 
 
-def test_stage_rejects_invalid_data_and_utf8():
-    receiver = Deflate()
-    conn, delivered, _ = attach(receiver)
-    receiver.on_frame_in(Frame(opcode=OpCode.BINARY, rsv=4, data=b"\xff\xff\xff\xff"))
-    assert conn.failures and conn.failures[0][0] == CloseCode.INVALID_DATA
-    receiver = Deflate()
-    conn, delivered, _ = attach(receiver)
+def test_extension_rejects_invalid_data_and_utf8():
+    server = receiver()
+    send_raw(server, OpCode.BINARY, b"\xff\xff\xff\xff", rsv=4)
+    assert server.failure.code == CloseCode.INVALID_DATA
+    server = receiver()
     compressor = zlib.compressobj(wbits=-15)
     bad = compressor.compress(b"ok \xc3\x28 not utf-8") + compressor.flush(zlib.Z_SYNC_FLUSH)
-    receiver.on_frame_in(Frame(opcode=OpCode.TEXT, rsv=4, data=bad[:-4]))
-    assert conn.failures == [(CloseCode.INVALID_DATA, "text message is not valid UTF-8")]
-    assert not delivered
+    send_raw(server, OpCode.TEXT, bad[:-4], rsv=4)
+    assert server.failure == (CloseCode.INVALID_DATA, "text message is not valid UTF-8")
+    assert not server.events_received()
     # a text message that ends inside a UTF-8 sequence, split over two fragments
-    receiver = Deflate()
-    conn, delivered, _ = attach(receiver)
+    server = receiver()
     compressor = zlib.compressobj(wbits=-15)
     first = compressor.compress(b"abc\xe2\x82") + compressor.flush(zlib.Z_SYNC_FLUSH)
     last = compressor.flush(zlib.Z_SYNC_FLUSH)
-    receiver.on_frame_in(Frame(fin=False, opcode=OpCode.TEXT, rsv=4, data=first))
-    assert not conn.failures               # may still be completed
-    receiver.on_frame_in(Frame(fin=True, opcode=OpCode.CONTINUATION, data=last[:-4]))
-    assert conn.failures and conn.failures[0][0] == CloseCode.INVALID_DATA
+    send_raw(server, OpCode.TEXT, first, fin=False, rsv=4)
+    assert not server.failed               # may still be completed
+    send_raw(server, OpCode.CONTINUATION, last[:-4])
+    assert server.failure.code == CloseCode.INVALID_DATA
 
 
-def test_stage_inflates_a_final_block_and_starts_over():
-    receiver = Deflate()
-    conn, delivered, _ = attach(receiver)
+def test_extension_inflates_a_final_block_and_starts_over():
+    server = receiver()
     for text in (b"first message", b"second message"):
         compressor = zlib.compressobj(wbits=-15)
         data = compressor.compress(text) + compressor.flush()       # BFINAL block
-        receiver.on_frame_in(Frame(opcode=OpCode.TEXT, rsv=4, data=data))
-    assert not conn.failures
-    assert [f.data for f in delivered] == [b"first message", b"second message"]
+        send_raw(server, OpCode.TEXT, data, rsv=4)
+    assert not server.failed
+    assert [f.data for f in server.events_received()] == [b"first message", b"second message"]
 
 
-def test_stage_limit_is_never_passed_by_more_than_one_byte():
-    receiver = Deflate(max_message_size=1000)
-    conn, delivered, _ = attach(receiver)
+def test_extension_limit_is_never_passed_by_more_than_one_byte():
+    server = receiver(max_message_size=1000)
     compressor = zlib.compressobj(wbits=-15)
     data = compressor.compress(b"a" * 1000) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    receiver.on_frame_in(Frame(opcode=OpCode.BINARY, rsv=4, data=data[:-4]))   # exactly 1000
-    assert not conn.failures and len(delivered[0].data) == 1000
+    send_raw(server, OpCode.BINARY, data[:-4], rsv=4)                # exactly 1000
+    delivered = server.events_received()
+    assert not server.failed and len(delivered[0].data) == 1000
     data = compressor.compress(b"a" * 1_000_000) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    receiver.on_frame_in(Frame(opcode=OpCode.BINARY, rsv=4, data=data[:-4]))
-    assert conn.failures and conn.failures[0][0] == CloseCode.MESSAGE_TOO_BIG
-    assert receiver.produced_max == 1001
-    assert len(delivered) == 1
+    send_raw(server, OpCode.BINARY, data[:-4], rsv=4)
+    assert server.failure.code == CloseCode.MESSAGE_TOO_BIG
+    assert server.extension.produced_max == 1001
+    assert not server.events_received()
 
 
 # --------------------------------------------------------------------------- round trips
 
-class WireSpy(Stage):
-    """Records the RSV and opcode of every frame at the wire end of the chain."""
-
-    def __init__(self, seen):
-        self.seen = seen
-
-    def on_frame_in(self, frame):
-        self.seen.append(("in", frame.opcode, frame.rsv))
-        self.pass_in(frame)
-
-    def on_frame_out(self, frame):
-        self.seen.append(("out", frame.opcode, frame.rsv))
-        self.pass_out(frame)
-
-
 class SpyingEcho(Recorder):
-    """Echo server handler that puts a WireSpy first in every chain."""
+    """Echo server handler that keeps every connection's Deflate extension."""
 
     def __init__(self):
         super().__init__(echo=True)
-        self.seen: list = []
+        self.extensions: list = []
 
-    def on_request(self, conn, request):
-        conn.upgrade(fastws.accept(request), stages=[WireSpy(self.seen), AutoPong(), Consolidate()])
+    def on_upgraded(self, conn):
+        super().on_upgraded(conn)
+        self.extensions.append(conn.find_stage(Deflate))
 
 
 TEXT = ("Ein Zeichen für Kompression, das sich wiederholt. " * 300)
@@ -404,7 +390,9 @@ def test_round_trip_our_client_our_server(start_server, loop, transport, server_
     assert client.upgraded, (client.closed, conn.error)
     stage = conn.find_stage(Deflate)
     assert stage is not None
-    assert [type(s) for s in conn.stages] == [AutoPong, Deflate, Consolidate]
+    assert conn.stages == ()              # deflate is the protocol's, not a stage
+    assert isinstance(conn.find_stage(AutoPong), AutoPong)
+    assert isinstance(conn.find_stage(Consolidate), Consolidate)
     # what each side agreed to (our client's view: local = client)
     assert stage.local_no_context_takeover == client_reset
     assert stage.remote_no_context_takeover == server_reset
@@ -430,12 +418,10 @@ def test_round_trip_our_client_our_server(start_server, loop, transport, server_
     conn.close()
     run_until(loop, lambda: client.closed)
     assert client.closed[0][0] == CloseCode.NORMAL
-    # The server saw compressed frames and sent compressed frames (RSV1 on first frames).
-    data_in = [rsv for d, op, rsv in handler.seen if d == "in" and op in (1, 2)]
-    data_out = [rsv for d, op, rsv in handler.seen if d == "out" and op in (1, 2)]
-    assert data_in and all(rsv == 4 for rsv in data_in)
-    assert data_out and all(rsv == 4 for rsv in data_out)
-    assert ("in", OpCode.CONTINUATION, 0) in handler.seen
+    # The server inflated what it received and deflated what it sent: every message.
+    server_side = handler.extensions[0]
+    assert server_side.decompressed == len(messages) + 1
+    assert server_side.compressed == len(messages) + 1
 
 
 @pytest.mark.parametrize("server_setting, client_setting", [(False, True), (True, False)])
@@ -540,14 +526,8 @@ def test_rsv1_without_negotiation_is_a_protocol_error(start_server, raw_client):
 def test_decompression_bomb_is_rejected_with_bounded_memory(start_server, raw_client, fragments):
     """100 MB of zeros deflate to ~100 KB; the server must stop at max_message_size + 1."""
     limit = 1024 * 1024
-    stages: list[Deflate] = []
-
-    class Capture(SpyingEcho):
-        def on_upgraded(self, conn):
-            super().on_upgraded(conn)
-            stages.append(conn.find_stage(Deflate))
-
-    handler = Capture()
+    handler = SpyingEcho()
+    stages = handler.extensions
     server = start_server(handler, max_message_size=limit, max_frame_size=1024 * 1024)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     zeros = bytes(1024 * 1024)
