@@ -52,6 +52,36 @@ def transport(request, ca) -> Transport:
     return Transport("tls", server_ctx, client_ctx)
 
 
+class PassThrough(fastws.Stage):
+    """A user stage that passes every frame on: the chain is no longer the fast path."""
+
+    seen = 0
+
+    def on_frame_in(self, frame):
+        PassThrough.seen += 1
+        self.pass_in(frame)
+
+    def on_frame_out(self, frame):
+        PassThrough.seen += 1
+        self.pass_out(frame)
+
+
+@pytest.fixture(params=["fast-chain", "stage-chain"])
+def chain(request, monkeypatch) -> str:
+    """Runs a test twice: with the default chain (frames go straight between the protocol
+    and the handler) and with a pass-through user stage nearest the wire on every
+    connection this process makes, server and client. Both must behave the same."""
+    if request.param == "stage-chain":
+        setup = fastws.stages.StageChain.setup
+
+        def setup_with_stage(self, stages):
+            setup(self, stages)
+            self.add(PassThrough(), 0)
+
+        monkeypatch.setattr(fastws.stages.StageChain, "setup", setup_with_stage)
+    return request.param
+
+
 @pytest.fixture
 def loop():
     with fastws.Loop() as loop:

@@ -19,6 +19,9 @@ import fastws
 from fastws import CloseCode, FrameParser, OpCode, encode_frame
 from fastws.handshake import accept_key
 
+# Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
+pytestmark = pytest.mark.usefixtures("chain")
+
 
 class CraftedServer:
     """Accepts one connection, reads the request head, sends `answer(head)`.

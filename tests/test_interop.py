@@ -20,6 +20,9 @@ from websockets.exceptions import ConnectionClosed
 import fastws
 from fastws import Frame, OpCode
 
+# Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
+pytestmark = pytest.mark.usefixtures("chain")
+
 ONE_MIB = 1024 * 1024
 THEIR_MAX_SIZE = 4 * ONE_MIB
 

@@ -17,6 +17,9 @@ import fastws
 from fastws import CloseCode, Frame, OpCode
 from fastws.__main__ import EchoHandler
 
+# Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
+pytestmark = pytest.mark.usefixtures("chain")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def enough_file_descriptors():

@@ -13,6 +13,9 @@ from conftest import Recorder, run_until, wait_for
 import fastws
 from fastws import AutoPing, AutoPong, CloseCode, Consolidate, Frame, OpCode, Stage
 
+# Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
+pytestmark = pytest.mark.usefixtures("chain")
+
 
 class UpperCaseCounter:
     """Seed behaviour 1: upper-cases text and appends a per-connection counter."""
