@@ -29,6 +29,7 @@ from .deflate import (
     deflate_options,
     negotiate_client,
 )
+from .handler import check_handler
 from .handshake import check_response, client_request, format_extensions, new_key, parse_ws_url
 from .http import HeadersLike, Request, Response, ResponseParser
 from .limits import Limits
@@ -67,6 +68,10 @@ class ClientHandshake:
     def receive_eof(self) -> Response:
         return self._parser.feed_eof()
 
+    def end(self) -> None:
+        """The handshake is over: free the response parser (see ResponseParser.release)."""
+        self._parser.release()
+
     @property
     def tail(self) -> bytes:
         """Bytes after a 101 response: the server's first frames."""
@@ -100,6 +105,7 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
     Raises ValueError for an invalid URL or argument; every failure to connect is reported
     through `on_closed` instead (see the module doc).
     """
+    check_handler(handler)
     secure, host, port, resource = parse_ws_url(url)
     if secure and ssl is None:
         ssl = ssl_module.create_default_context()

@@ -385,8 +385,12 @@ class Connection(ConnectionBase):
         code, reason = self._final_close(phase, exc)
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        self._http = None
-        self._client_handshake = None
+        if self._http is not None:
+            self._http.end()
+            self._http = None
+        if self._client_handshake is not None:
+            self._client_handshake.end()
+            self._client_handshake = None
         protocol = self._protocol
         if protocol is not None:
             protocol.receiver = None      # no reference cycle is left behind
@@ -564,6 +568,7 @@ class Connection(ConnectionBase):
             self._close_transport(getattr(exc, "close_code", CloseCode.ABNORMAL), str(exc))
             return
         self._client_handshake = None
+        handshake.end()
         self._start_websocket(None, extension, handshake.tail)
 
     # ------------------------------------------------------------------ WebSocket

@@ -61,6 +61,16 @@ class Handler:
         """The write buffer drained below `write_low_water`."""
 
 
+# What other WebSocket libraries call their callbacks, and fastws' name for each.
+_OTHER_NAMES = {
+    "on_message": "on_frame", "on_data": "on_frame", "on_text": "on_frame",
+    "on_binary": "on_frame", "on_ws_frame": "on_frame", "on_pong": "on_frame",
+    "on_open": "on_upgraded", "on_connect": "on_upgraded", "on_connected": "on_upgraded",
+    "on_ws_connected": "on_upgraded", "on_close": "on_closed", "on_disconnect": "on_closed",
+    "on_disconnected": "on_closed", "on_ws_disconnected": "on_closed", "on_error": "on_closed",
+    "on_http_request": "on_request", "on_latency": "on_rtt",
+}
+
 _checked: set[type] = set()
 
 
@@ -72,7 +82,8 @@ def check_handler(handler: object) -> None:
     _checked.add(kind)
     for name in dir(kind):
         if name.startswith("on_") and name not in CALLBACKS and callable(getattr(kind, name)):
-            close = difflib.get_close_matches(name, CALLBACKS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = _OTHER_NAMES.get(name) or next(
+                iter(difflib.get_close_matches(name, CALLBACKS, n=1)), None)
+            hint = f" (did you mean {close}?)" if close else ""
             warnings.warn(f"{kind.__qualname__}.{name} is not a fastws callback and will never "
                           f"be called{hint}", stacklevel=3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
-from typing import Union
+from typing import Any, Union
 
 import httptools
 
@@ -385,6 +385,19 @@ class HttpResponseError(HttpError):
         raise RuntimeError("a client-side response error has no HTTP answer")
 
 
+class _Released:
+    """Stands in for llhttp's parser once a parser was released."""
+
+    def feed_data(self, data: BytesLike) -> None:
+        raise RuntimeError("this HTTP parser was released")
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError("this HTTP parser was released")
+
+
+_RELEASED: Any = _Released()
+
+
 class _MessageParser:
     """What the request and response parsers share: the httptools callbacks for header lines
     and bodies, with their limits, and the bound on what llhttp buffers without telling us.
@@ -442,6 +455,11 @@ class _MessageParser:
     def in_message(self) -> bool:
         """True from the first byte of a message until its end: a message is partly received."""
         return self._in_message
+
+    def release(self) -> None:
+        """Free llhttp's parser now. It holds this object's callbacks and this object holds
+        it: without this the pair waits for the garbage collector. Feeding raises after."""
+        self._parser = _RELEASED
 
     def _new_error(self, status: int, detail: str) -> HttpError:
         raise NotImplementedError

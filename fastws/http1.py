@@ -176,6 +176,7 @@ class ServerConversation:
         elif request.upgrade:
             # Declined: the bytes held behind the request were HTTP after all.
             held, self._held = self._held, None
+            self._parser.release()
             self._parser = self._new_parser()
             if held:
                 try:
@@ -204,6 +205,7 @@ class ServerConversation:
         self._awaiting = None
         self._held = None
         self._upgraded = True
+        self._parser.release()
         return data, rest
 
     def reject(self, response: Response) -> bytes:
@@ -265,6 +267,11 @@ class ServerConversation:
         self._awaiting = None
         self._pending.clear()
         self._held = None
+        self._parser.release()
+
+    def end(self) -> None:
+        """The connection is gone: free what the conversation holds (see RequestParser.release)."""
+        self._close()
 
 
 def _encode(request: Request | None, response: Response, keep_alive: bool) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .connection import Connection
 from .deflate import CompressionSetting, DeflateOptions, deflate_options
+from .handler import check_handler
 from .limits import Limits
 from .loop import Loop, default_loop
 
@@ -220,6 +221,7 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     close their servers gracefully and their loops stop; `server.join_workers()` in the
     parent waits for them.
     """
+    check_handler(handler)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     if workers > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 
+import pytest
 from conftest import TIMEOUT, Recorder, wait_for
 
 import fastws
@@ -88,15 +89,16 @@ class ResponseReader:
         self.buffer += chunk
         return bool(chunk)
 
-    def read(self, *, to_head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    def read(self, *, to_head: bool = False,
+             version: str = "HTTP/1.1") -> tuple[int, dict[str, str], bytes]:
         """The next response; `to_head=True` for the answer to a HEAD request (no body)."""
         while b"\r\n\r\n" not in self.buffer:
             if not self._fill():
                 raise ConnectionError(f"closed before a full response head: {self.buffer!r}")
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")
-        version, status, _ = status_line.split(" ", 2)
-        assert version == "HTTP/1.1", status_line
+        answered, status, _ = status_line.split(" ", 2)
+        assert answered in ("HTTP/1.1", version), status_line
         headers: dict[str, str] = {}
         for line in lines:
             name, _, value = line.partition(":")
@@ -372,3 +374,55 @@ def test_upgrade_key_must_be_16_bytes(start_server, transport):
         assert status == 400
     finally:
         sock.close()
+
+
+# --------------------------------------------------------------------------- RFC 9112 rules
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\n\r\n",                                      # no Host
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",                # two
+    b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",                # two, in HTTP/1.0 too
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",        # obs-fold
+    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",                          # space before the colon
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",              # NUL
+    b"GET / HTTP/1.1\nHost: x\n\n",                                 # bare LF
+])
+def test_ambiguous_requests_get_400_and_the_server_goes_on(start_server, transport, head):
+    handler = HttpHandler()
+    server = start_server(handler)
+    sock = open_socket(server.port, transport)
+    try:
+        sock.sendall(head)
+        reader = ResponseReader(sock)
+        status, headers, _ = reader.read()
+        assert status == 400 and headers.get("connection") == "close"
+        assert reader.at_eof()
+    finally:
+        sock.close()
+    assert handler.requests == []
+    connection = http_connection(server, transport)      # others are still served
+    try:
+        assert get(connection, "GET", "/ok")[:2] == (200, b"GET /ok 0")
+    finally:
+        connection.close()
+
+
+def test_http_1_0_keep_alive_is_kept_as_asked(start_server, transport):
+    handler = HttpHandler()
+    server = start_server(handler)
+    sock = open_socket(server.port, transport)
+    try:
+        reader = ResponseReader(sock)
+        for i in range(3):
+            sock.sendall(f"GET /{i} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+            status, headers, body = reader.read(version="HTTP/1.0")
+            assert (status, body) == (200, f"GET /{i} 0".encode())
+            assert headers.get("connection", "").lower() == "keep-alive"
+        sock.sendall(b"GET /last HTTP/1.0\r\n\r\n")            # no keep-alive: the last one
+        assert reader.read(version="HTTP/1.0")[2] == b"GET /last 0"
+        assert reader.at_eof()
+    finally:
+        sock.close()
+    assert len(handler.conns) == 1
