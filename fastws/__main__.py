@@ -223,21 +223,26 @@ class ClientHandler:
         if not chunk:
             self._stop_reading(conn)
             conn.close(CloseCode.NORMAL)
-        elif not self._polled:
+        elif not self._polled and not self._paused:   # paused: on_resume_writing goes on
             conn.loop.call_soon(self._read_stdin, conn)
 
     def _stop_reading(self, conn: Connection) -> None:
         if self._polled:
             conn.loop.remove_reader(self._stdin)
 
-    # Back-pressure: a fast stdin (a big file) must not outrun the server.
+    # Back-pressure: a big file on stdin, or a server sending faster than it reads our
+    # echoes, must not grow the write buffer without bound (past max_write_buffer: 1008).
     def on_pause_writing(self, conn: Connection) -> None:
-        if not self.echo and not self._paused:
+        if self.echo:
+            conn.pause_reading()
+        elif not self._paused:
             self._paused = True
             self._stop_reading(conn)
 
     def on_resume_writing(self, conn: Connection) -> None:
-        if self._paused:
+        if self.echo:
+            conn.resume_reading()
+        elif self._paused:
             self._paused = False
             self._watch_stdin(conn)
 

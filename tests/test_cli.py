@@ -7,19 +7,25 @@ What a user checks is the exit status and what lands on stderr: usage errors are
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
+from conftest import Transport
 
-from fastws import Loop
+import fastws
+from fastws import Connection, Frame, Loop, Request
 from fastws.__main__ import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,3 +259,96 @@ def test_client_ctrl_c_closes_normally() -> None:
             client.kill()
             client.wait()
     assert (client.returncode, out, errors) == (0, "", "closed 1000\n")
+
+
+class PausedServer:
+    """Upgrades with a small receive buffer, reads nothing until resumed, counts the text."""
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.received = 0
+
+    def on_request(self, conn: Connection, request: Request) -> None:
+        # Before data flows: the kernel then buffers a few MiB for us, not tens of MiB.
+        conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        conn.upgrade(fastws.accept(request))
+        conn.pause_reading()
+        self.conn = conn
+
+    def on_frame(self, conn: Connection, frame: Frame) -> None:
+        self.received += len(frame.data)
+
+
+class Feed:
+    """32 MiB of lines for the client's stdin, and how much of it the client has taken."""
+
+    LINE = b"y" * (16 * 1024 - 1) + b"\n"
+    COUNT = 2048
+
+    def __init__(self, kind: str, folder: Path) -> None:
+        self.kind = kind
+        self.written = 0
+        self.writer: threading.Thread | None = None
+        if kind == "file":
+            path = folder / "big.txt"
+            path.write_bytes(self.LINE * self.COUNT)
+            self.file = path.open("rb")
+
+    def start(self, command: list[str]) -> subprocess.Popen[str]:
+        stdin = self.file if self.kind == "file" else subprocess.PIPE
+        client = subprocess.Popen(command, cwd=ROOT, stdin=stdin, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        if self.kind == "pipe":
+            self.writer = threading.Thread(target=self._write, args=(client.stdin,), daemon=True)
+            self.writer.start()
+        return client
+
+    def finish(self) -> None:
+        """Wait for the writer to hand over its last line and close the pipe."""
+        if self.writer is not None:
+            self.writer.join(TIMEOUT)
+            assert not self.writer.is_alive(), "the client stopped reading its stdin"
+
+    def _write(self, pipe: Any) -> None:
+        for _ in range(self.COUNT):             # blocks while the client does not read
+            pipe.buffer.write(self.LINE)
+            pipe.buffer.flush()
+            self.written += len(self.LINE)
+        pipe.close()
+
+    def taken(self) -> int:
+        if self.kind == "file":                 # the client's stdin shares our file offset
+            return os.lseek(self.file.fileno(), 0, os.SEEK_CUR)
+        return self.written
+
+
+@pytest.mark.parametrize("kind", ["pipe", "file"])
+def test_client_stops_reading_stdin_while_the_server_does_not_read(
+        kind: str, start_server, transport: Transport, ca: trustme.CA, tmp_path: Path) -> None:
+    handler = PausedServer()
+    server = start_server(handler)
+    options = ["--no-compression"]              # else these lines shrink to almost nothing
+    if transport.client_ssl is not None:
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        options += ["--cafile", str(tmp_path / "ca.pem")]
+    feed = Feed(kind, tmp_path)
+    client = feed.start([sys.executable, "-m", "fastws", "client", server.url, *options])
+    try:
+        taken, still = -1, 0
+        deadline = time.monotonic() + TIMEOUT
+        while still < 10 and time.monotonic() < deadline:      # unchanged for 0.5 s
+            time.sleep(0.05)
+            now = feed.taken()
+            taken, still = now, (still + 1 if now == taken else 0)
+        # Held back by the write buffer's high water, not by the end of the input.
+        assert 0 < taken < 16 * 1024 * 1024, taken
+        server.call(lambda: handler.conn and handler.conn.resume_reading())
+        feed.finish()
+        client.wait(TIMEOUT)            # its stderr is one short line: no pipe can fill up
+        assert client.stderr is not None
+        errors = client.stderr.read()
+    finally:
+        client.kill()
+        client.wait()
+    assert (client.returncode, errors) == (0, "closed 1000\n")
+    assert server.call(lambda: handler.received) == (len(Feed.LINE) - 1) * Feed.COUNT
