@@ -230,19 +230,15 @@ class ClientHandler:
         if self._polled:
             conn.loop.remove_reader(self._stdin)
 
-    # Back-pressure: a big file on stdin, or a server sending faster than it reads our
-    # echoes, must not grow the write buffer without bound (past max_write_buffer: 1008).
+    # Back-pressure: a big file on stdin must not grow the write buffer without bound
+    # (past max_write_buffer the connection fails with 1008).
     def on_pause_writing(self, conn: Connection) -> None:
-        if self.echo:
-            conn.pause_reading()
-        elif not self._paused:
+        if not self.echo and not self._paused:
             self._paused = True
             self._stop_reading(conn)
 
     def on_resume_writing(self, conn: Connection) -> None:
-        if self.echo:
-            conn.resume_reading()
-        elif self._paused:
+        if self._paused:
             self._paused = False
             self._watch_stdin(conn)
 

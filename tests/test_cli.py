@@ -308,6 +308,8 @@ class Feed:
         if self.writer is not None:
             self.writer.join(TIMEOUT)
             assert not self.writer.is_alive(), "the client stopped reading its stdin"
+        else:
+            self.file.close()
 
     def _write(self, pipe: Any) -> None:
         for _ in range(self.COUNT):             # blocks while the client does not read
