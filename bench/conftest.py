@@ -58,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=0.5,
         help="approximate seconds spent timing each benchmark (default 0.5); "
-        "rounds are clamped to [%d, %d]" % (MIN_ROUNDS, MAX_ROUNDS),
+        f"rounds are clamped to [{MIN_ROUNDS}, {MAX_ROUNDS}]",
     )
     group.addoption(
         "--bench-no-gc",

@@ -416,10 +416,7 @@ MIXED_UNIT = "héllo wörld — καλημέρα κόσμε — 日本語のテ�
 
 
 def text_of(size: int, kind: str) -> bytes:
-    if kind == "ascii":
-        unit = b"The quick brown fox jumps over the lazy dog. "
-    else:
-        unit = MIXED_UNIT
+    unit = b"The quick brown fox jumps over the lazy dog. " if kind == "ascii" else MIXED_UNIT
     data = (unit * (size // len(unit) + 1))[:size]
     # Back off to a character boundary and pad with ASCII to the exact size.
     while True:

@@ -74,7 +74,9 @@ def check(data: bytes) -> None:
             message.data.decode("utf-8")          # the parser let only valid text through
     # The validator agrees with Python's decoder on the raw input, split at `step`.
     validator = Utf8Validator()
-    ok = all([validator.feed(payload[i:i + step]) for i in range(0, len(payload), step)])
+    # Every chunk is fed, even after one is rejected (all() over a generator would stop there).
+    results = [validator.feed(payload[i:i + step]) for i in range(0, len(payload), step)]
+    ok = all(results)
     try:
         payload.decode("utf-8")
         assert ok and validator.finish()

@@ -17,8 +17,9 @@ with atheris.instrument_imports():
     from fastws.handshake import HandshakeError, accept, accept_key
     from fastws.http import HttpError, RequestParser
 
-SEED_REQUEST = (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+SEED_REQUEST = (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
 def check(data: bytes) -> None:
