@@ -270,8 +270,7 @@ def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    parts = urlsplit(args.url)
-    secure = parts.scheme == "wss"
+    secure = urlsplit(args.url).scheme == "wss"
     if (args.cafile or args.insecure) and not secure:
         _usage_error(args, "--cafile and --insecure apply to wss:// URLs only")
     context = _client_ssl(args) if secure else None
@@ -284,12 +283,13 @@ def run_client(args: argparse.Namespace) -> int:
     except ValueError as exc:        # the URL: a fragment, credentials, a bad port
         loop.close()
         _usage_error(args, str(exc) if args.url in str(exc) else f"{args.url!r}: {exc}")
-    except OSError as exc:           # name resolution, or a connect() refused at once
+    except socket.gaierror as exc:
         loop.close()
-        what = "resolve" if isinstance(exc, socket.gaierror) else "connect to"
-        host = parts.hostname or ""
-        where = host if what == "resolve" else _address(host, _port(parts.port, secure))
-        raise CommandError(f"cannot {what} {where}: {_strerror(exc)}") from None
+        host = urlsplit(args.url).hostname
+        raise CommandError(f"cannot resolve {host}: {_strerror(exc)}") from None
+    except OSError as exc:           # a connect() refused at once
+        loop.close()
+        raise CommandError(f"cannot connect to {_peer(args.url)}: {_strerror(exc)}") from None
 
     def close_gracefully(signum: int, _frame: object) -> None:
         # Ctrl-C is "I am done", as end of input is: a normal closing handshake.
@@ -303,13 +303,17 @@ def run_client(args: argparse.Namespace) -> int:
         loop.close()
         for signum, action in previous.items():
             signal.signal(signum, action)
+    return _report_close(args, handler, conn)
+
+
+def _report_close(args: argparse.Namespace, handler: ClientHandler, conn: Connection) -> int:
+    """Say how the connection ended (on stderr) and turn it into the exit status."""
     code = handler.code if handler.code is not None else CloseCode.ABNORMAL
     error = conn.error
     if not handler.upgraded and conn.peername is None and isinstance(error, OSError) \
             and error.errno:
         # TCP itself failed: the library's reason is "[Errno 111] ... ECONNREFUSED".
-        host = parts.hostname or ""
-        raise CommandError(f"cannot connect to {_address(host, _port(parts.port, secure))}: "
+        raise CommandError(f"cannot connect to {_peer(args.url)}: "
                            f"{os.strerror(error.errno).lower()}")
     normal = code in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS)
     if not args.echo or not normal:
@@ -327,10 +331,11 @@ def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
     parser.error(message)
 
 
-def _port(port: int | None, secure: bool) -> int:
-    if port is not None:
-        return port
-    return 443 if secure else 80
+def _peer(url: str) -> str:
+    """host:port of a URL that connect() accepted, for messages."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "wss" else 80
+    return _address(parts.hostname or "", parts.port if parts.port is not None else default)
 
 
 def _ws_url(text: str) -> str:
