@@ -10,14 +10,26 @@
   median) are stored in the benchmark's ``extra_info`` (so they end up in
   ``--benchmark-json`` / ``--benchmark-autosave`` files) and collected for a
   plain-text summary printed at the end of the session.
+* ``build_cython`` fixture: compiles a benchmark's own Cython module (the
+  cdef consumers of bench/cython/) once per content, cached in .pytest_cache.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
+import importlib.util
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +44,7 @@ _RESULTS_KEY = pytest.StashKey[list]()
 
 @dataclass
 class Result:
-    kind: str  # "mask", "parse" or "utf8"
+    kind: str  # "mask", "parse", "parse-c" or "utf8"
     impl: str
     size_label: str
     size: int
@@ -58,7 +70,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=0.5,
         help="approximate seconds spent timing each benchmark (default 0.5); "
-        "rounds are clamped to [%d, %d]" % (MIN_ROUNDS, MAX_ROUNDS),
+        f"rounds are clamped to [{MIN_ROUNDS}, {MAX_ROUNDS}]",
     )
     group.addoption(
         "--bench-no-gc",
@@ -146,6 +158,85 @@ def bench_run(benchmark, request):
     return run
 
 
+# Built as setup.py builds fastws' own extensions.
+CYTHON_DIRECTIVES = {"language_level": "3", "boundscheck": False, "wraparound": False,
+                     "cdivision": True}
+
+_SETUP_PY = """\
+import json, sys
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+config = json.loads(sys.argv.pop(1))
+setup(name=config["name"], ext_modules=cythonize(
+    [Extension(config["name"], [config["source"]], include_dirs=config["include_dirs"],
+               extra_compile_args=["-O3"])],
+    include_path=config["include_path"], compiler_directives=config["directives"]))
+"""
+
+
+@pytest.fixture(scope="session")
+def build_cython(request, tmp_path_factory):
+    """Return ``build(pyx, *, include_path, include_dirs=(), depends=(), required)``,
+    which compiles bench/cython/<name>.pyx into an extension module and imports it.
+
+    A build is kept in pytest's cache under a hash of everything it depends on
+    (the source, the .pxd files it cimports, the directives, the Python and
+    Cython versions), so only the first run pays for the C compiler.  Without
+    Cython the caller's case is skipped; a failed build fails it when
+    ``required``, else skips it (a peer's other release may declare other types).
+    """
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("fastws-bench-cython")) if cache else tmp_path_factory.mktemp("cy")
+    modules = {}
+
+    def build(pyx, *, include_path, include_dirs=(), depends=(), required):
+        try:
+            import Cython
+        except ImportError:
+            pytest.skip("the C-level cases build Cython code: pip install Cython setuptools")
+        name = pyx.stem
+        digest = hashlib.sha256()
+        for path in (pyx, *depends):
+            digest.update(path.read_bytes())
+        digest.update(repr((CYTHON_DIRECTIVES, sys.version, Cython.__version__)).encode())
+        folder = root / f"{name}-{digest.hexdigest()[:16]}"
+        target = folder / (name + sysconfig.get_config_var("EXT_SUFFIX"))
+        if target not in modules:
+            if not target.exists():
+                _compile(pyx, folder, list(include_path), list(include_dirs), required)
+            spec = importlib.util.spec_from_file_location(name, target)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            modules[target] = module
+        return modules[target]
+
+    return build
+
+
+def _compile(pyx, folder, include_path, include_dirs, required) -> None:
+    # Built aside, then renamed into place: a concurrent run never imports half a build.
+    work = Path(tempfile.mkdtemp(prefix=f"{pyx.stem}-", dir=folder.parent))
+    try:
+        shutil.copy(pyx, work)
+        config = {"name": pyx.stem, "source": pyx.name, "include_path": include_path,
+                  "include_dirs": include_dirs, "directives": CYTHON_DIRECTIVES}
+        result = subprocess.run(
+            [sys.executable, "-c", _SETUP_PY, json.dumps(config), "build_ext", "--inplace"],
+            cwd=work, capture_output=True, text=True, timeout=900,
+        )
+        if result.returncode != 0:
+            message = f"building {pyx.name} failed:\n{result.stderr[-3000:]}"
+            if required:
+                pytest.fail(message)
+            pytest.skip(message)
+        try:
+            os.rename(work, folder)
+        except OSError:  # another run finished the same build first
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _fmt_time(seconds: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
@@ -166,12 +257,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     )
     order = {"16B": 0, "125B": 1, "1KiB": 2, "64KiB": 3, "1MiB": 4}
     titles = {
-        "parse": "parse: masked client->server frames, payload as bytes "
+        "parse": "parse: masked client->server frames, each payload (bytes) to Python code "
         "(GB/s = payload bytes / median)",
+        "parse-c": "parse-c: the same frames, each payload (bytes) to a cdef subclass "
+        "through the C vtable",
         "mask": "mask: new masked buffer per call (GB/s = input bytes / median)",
         "utf8": "utf8: validate/decode (GB/s = input bytes / median)",
     }
-    for kind in ("parse", "mask", "utf8"):
+    for kind in ("parse", "parse-c", "mask", "utf8"):
         rows = [r for r in results if r.kind == kind]
         if not rows:
             continue
@@ -179,7 +272,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         w = max(len("implementation"), *(len(r.impl) for r in rows))
         tr.write_sep("-", f"fastws bench summary: {titles[kind]}")
         tr.write_line(f"(median of the timed rounds; 1 GB = 1e9 bytes; {gc_note})")
-        if kind == "parse":
+        if kind.startswith("parse"):
             tr.write_line(
                 f"{'size':>6}  {'implementation':<{w}} {'frames/call':>11} "
                 f"{'median':>11} {'M frames/s':>11} {'GB/s':>8}"

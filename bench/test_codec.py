@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +65,9 @@ SIZES = [
     pytest.param(1024 * 1024, id="1MiB"),
 ]
 LABELS = {16: "16B", 125: "125B", 1024: "1KiB", 64 * 1024: "64KiB", 1024 * 1024: "1MiB"}
+
+CYTHON_DIR = Path(__file__).resolve().parent / "cython"  # the cdef consumers of parse-c
+HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on classes defined in Python, not on cdef ones
 
 MASK_KEY = b"\x37\xfa\x21\x3d"
 CHUNK_TARGET = 1024 * 1024  # bytes of wire data per parse() call
@@ -166,21 +171,48 @@ def test_mask(benchmark, bench_run, size, impl):
 # --------------------------------------------------------------------------
 # 2. parse
 #
-# Each factory returns parse(chunk) -> list of payloads (bytes) or of objects
-# holding them, plus a function extracting the payload bytes for verification.
+# Two groups, each comparing like with like (bench/README.md):
+#
+# * parse-<size>: every payload reaches Python code.  Each implementation hands
+#   each frame's payload, as bytes, to Python code that appends it to a list: a
+#   Python callback where the API is callbacks (fastws' on_frame, picows'
+#   on_ws_frame), the loop over the parsed frames where it is not.
+# * parse-c-<size>: every payload reaches C code.  fastws' FrameParser and
+#   picows' WSListener subclassed as cdef classes (bench/cython/), called
+#   through the C vtable with no Python call per frame; the other peers have no
+#   such entry point.
+#
+# Each factory returns parse(chunk) -> the list of payloads (bytes).  The list
+# is reused and cleared by the next call, so freeing the previous call's
+# payloads is timed alike for everyone.
 
 
 def make_fastws():
-    FrameParser = fastws.FrameParser
+    out = []
+
+    def on_frame(frame):
+        out.append(frame.data)
+
+    parser = fastws.FrameParser(on_frame)
 
     def parse(chunk):
-        # FrameParser.on_frame is read-only, so a new parser per call gives
-        # every call a fresh list (construction costs well under 1 us).
-        frames = []
-        FrameParser(frames.append).feed(chunk)
-        return frames
+        out.clear()
+        parser.feed(chunk)
+        return out
 
-    return parse, lambda frames: [f.data for f in frames]
+    return parse
+
+
+def make_fastws_cdef(collector_module):
+    collector = collector_module.PayloadCollector()
+    out = collector.payloads
+
+    def parse(chunk):
+        out.clear()
+        collector.feed(chunk)
+        return out
+
+    return parse
 
 
 class _WebsocketsParser:
@@ -190,43 +222,40 @@ class _WebsocketsParser:
 
     def __init__(self):
         self.reader = WebsocketsStreamReader()
-        self.frames = []
+        self.out = []
         self.parser = self._parse()
         next(self.parser)
 
     def _parse(self):
         reader = self.reader
+        out = self.out
         while True:
             if (yield from reader.at_eof()):
                 raise EOFError
             frame = yield from WebsocketsFrame.parse(
                 reader.read_exact, mask=True, max_size=None, extensions=[]
             )
-            self.frames.append(frame)
+            out.append(frame.data)
 
     def __call__(self, chunk):
-        self.frames = []
+        self.out.clear()
         self.reader.feed_data(chunk)
         next(self.parser)
-        return self.frames
+        return self.out
 
 
 def make_websockets():
-    if WebsocketsFrame is None:
-        pytest.skip("websockets (with C speedups) not installed")
-    return _WebsocketsParser(), lambda frames: [f.data for f in frames]
+    return _WebsocketsParser()
 
 
 def make_wsproto():
-    if WsprotoFrameProtocol is None:
-        pytest.skip("wsproto not installed")
     proto = WsprotoFrameProtocol(client=False, extensions=[])
 
     def parse(chunk):
         proto.receive_bytes(chunk)
-        return list(proto.received_frames())
+        return [frame.payload for frame in proto.received_frames()]
 
-    return parse, lambda frames: [f.payload for f in frames]
+    return parse
 
 
 class _AiohttpProtocolStub:
@@ -242,8 +271,6 @@ class _AiohttpProtocolStub:
 
 
 def make_aiohttp():
-    if AiohttpReader is None:
-        pytest.skip("aiohttp with its C WebSocket reader not installed")
     proto = _AiohttpProtocolStub()
 
     def parse(chunk):
@@ -256,12 +283,9 @@ def make_aiohttp():
         queue = AiohttpDataQueue(proto, 2**30, loop=None)
         reader = AiohttpReader(queue, 0, False, False)
         reader.feed_data(chunk)
-        return queue._buffer
+        return [message.data for message, _size in queue._buffer]
 
-    def payloads(buffer):
-        return [msg.data for msg, _size in buffer]
-
-    return parse, payloads
+    return parse
 
 
 class _PicowsHarness:
@@ -269,7 +293,10 @@ class _PicowsHarness:
     It is driven without a network: a stub transport (a never-connected TCP
     socket for the setsockopt calls, write() discarding the 101 response), a
     real HTTP upgrade request, then get_buffer()/buffer_updated() per chunk
-    exactly as asyncio's selector transport does after recv_into()."""
+    exactly as asyncio's selector transport does after recv_into().
+
+    `listener` is what the upgrade hands frames to; `out` is the list it
+    appends payloads to."""
 
     UPGRADE = (
         b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
@@ -296,23 +323,15 @@ class _PicowsHarness:
         def close(self):
             pass
 
-    def __init__(self):
-        harness = self
-
-        class Listener(picows.WSListener):
-            def on_ws_frame(self, transport, frame):
-                # WSFrame points into picows' receive buffer and is only
-                # valid during this call: take the payload as bytes.
-                harness.frames.append(frame.get_payload_as_bytes())
-
-        self.frames = []
+    def __init__(self, listener, out):
+        self.out = out
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.loop = asyncio.new_event_loop()
 
         async def build():
             return PicowsProtocol(
                 None, None, False,  # host_port, ws_path, is_client_side
-                lambda request: Listener(),
+                lambda request: listener,
                 logging.getLogger("bench.picows"),
                 True,  # disconnect_on_exception
                 None,  # websocket_handshake_timeout
@@ -326,7 +345,7 @@ class _PicowsHarness:
         self.proto = self.loop.run_until_complete(build())
         self.proto.connection_made(self.Transport(self.sock))
         self.feed(self.UPGRADE)
-        if self.proto.listener is None:
+        if self.proto.listener is not listener:
             raise RuntimeError("picows rejected the upgrade request")
 
     def feed(self, data):
@@ -341,65 +360,100 @@ class _PicowsHarness:
             pos += n
 
     def __call__(self, chunk):
-        self.frames = []
+        self.out.clear()
         self.feed(chunk)
-        return self.frames
+        return self.out
 
     def close(self):
         self.loop.close()
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def picows_harness():
-    if picows is None:
-        pytest.skip("picows not installed")
+def _python_listener():
+    out = []
+
+    class Listener(picows.WSListener):
+        def on_ws_frame(self, transport, frame):
+            # A WSFrame points into picows' receive buffer and is valid only
+            # during this call: keep the payload as bytes, as fastws hands it.
+            out.append(frame.get_payload_as_bytes())
+
+    return Listener(), out
+
+
+def _picows_harness(listener, out):
     try:
-        harness = _PicowsHarness()
+        return _PicowsHarness(listener, out)
     except Exception as exc:  # e.g. a picows release with another signature
         pytest.skip(f"cannot drive picows' WSProtocol standalone: {exc!r}")
+
+
+@pytest.fixture(scope="module")
+def picows_harness():
+    harness = _picows_harness(*_python_listener())
     yield harness
     harness.close()
 
 
-PARSE_IMPLS = ["fastws.FrameParser"]
+@pytest.fixture(scope="module")
+def fastws_collector(build_cython):
+    """bench/cython/fastws_collector.pyx, built against this fastws."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastws.__file__)))
+    return build_cython(
+        CYTHON_DIR / "fastws_collector.pyx",
+        include_path=[root],  # where fastws/_codec.pxd is
+        include_dirs=[fastws.get_include()],  # fastws/mask.h, fastws/utf8.h
+        depends=[Path(root, "fastws", "_codec.pxd")],
+        required=True,  # fastws is what is measured: a failed build is a failure
+    )
+
+
+@pytest.fixture(scope="module")
+def picows_cdef_harness(build_cython):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(picows.__file__)))
+    module = build_cython(
+        CYTHON_DIR / "picows_collector.pyx",
+        include_path=[root],  # where picows/picows.pxd is
+        depends=[Path(root, "picows", "picows.pxd")],
+        required=False,  # another picows release may declare another listener: skip
+    )
+    listener = module.PayloadCollector()
+    # A Python subclass would still work, through a Python call per frame: make sure
+    # this is the compiled (static, not heap-allocated) type.
+    assert not type(listener).__flags__ & HEAPTYPE, "not a cdef class"
+    harness = _picows_harness(listener, listener.payloads)
+    yield harness
+    harness.close()
+
+
+PARSE_IMPLS = {"fastws FrameParser, Python on_frame": make_fastws}
 if WebsocketsFrame is not None:
-    PARSE_IMPLS.append("websockets Frame.parse")
+    PARSE_IMPLS["websockets Frame.parse"] = make_websockets
 if WsprotoFrameProtocol is not None:
-    PARSE_IMPLS.append("wsproto FrameProtocol")
+    PARSE_IMPLS["wsproto FrameProtocol"] = make_wsproto
 if AiohttpReader is not None:
-    PARSE_IMPLS.append("aiohttp WebSocketReader (C)")
+    PARSE_IMPLS["aiohttp WebSocketReader (C)"] = make_aiohttp
 if picows is not None:
-    PARSE_IMPLS.append("picows WSProtocol")
+    PARSE_IMPLS["picows WSProtocol, Python WSListener"] = None  # a fixture: picows_harness
+
+PARSE_C_IMPLS = ["fastws cdef FrameParser subclass"]
+if picows is not None:
+    PARSE_C_IMPLS.append("picows cdef WSListener subclass")
 
 
-@pytest.mark.parametrize("impl", PARSE_IMPLS)
-@pytest.mark.parametrize("size", SIZES)
-def test_parse(benchmark, bench_run, request, size, impl):
-    benchmark.group = f"parse-{LABELS[size]}"
-    if impl == "fastws.FrameParser":
-        parse, payloads = make_fastws()
-    elif impl.startswith("websockets"):
-        parse, payloads = make_websockets()
-    elif impl.startswith("wsproto"):
-        parse, payloads = make_wsproto()
-    elif impl.startswith("aiohttp"):
-        parse, payloads = make_aiohttp()
-    else:
-        parse, payloads = request.getfixturevalue("picows_harness"), list
-
+def bench_parse(benchmark, bench_run, kind, impl, size, parse):
     payload, count, chunk = client_frames(size)
     # Verify twice: the second call catches parsers that would leave state
     # behind (partial frames, lost bytes) between calls.
     for _ in range(2):
-        got = payloads(parse(chunk))
+        got = parse(chunk)
         assert len(got) == count, f"{impl}: {len(got)} frames, expected {count}"
         assert all(type(p) is bytes for p in got), f"{impl}: payload not bytes"
         assert all(p == payload for p in got), f"{impl}: wrong payload"
 
     bench_run(
         lambda: parse(chunk),
-        kind="parse",
+        kind=kind,
         impl=impl,
         size_label=LABELS[size],
         size=size,
@@ -409,6 +463,26 @@ def test_parse(benchmark, bench_run, request, size, impl):
     benchmark.extra_info["wire_bytes_per_call"] = len(chunk)
 
 
+@pytest.mark.parametrize("impl", list(PARSE_IMPLS))
+@pytest.mark.parametrize("size", SIZES)
+def test_parse(benchmark, bench_run, request, size, impl):
+    benchmark.group = f"parse-{LABELS[size]}"
+    make = PARSE_IMPLS[impl]
+    parse = make() if make is not None else request.getfixturevalue("picows_harness")
+    bench_parse(benchmark, bench_run, "parse", impl, size, parse)
+
+
+@pytest.mark.parametrize("impl", PARSE_C_IMPLS)
+@pytest.mark.parametrize("size", SIZES)
+def test_parse_c(benchmark, bench_run, request, size, impl):
+    benchmark.group = f"parse-c-{LABELS[size]}"
+    if impl.startswith("fastws"):
+        parse = make_fastws_cdef(request.getfixturevalue("fastws_collector"))
+    else:
+        parse = request.getfixturevalue("picows_cdef_harness")
+    bench_parse(benchmark, bench_run, "parse-c", impl, size, parse)
+
+
 # --------------------------------------------------------------------------
 # 3. utf8
 
@@ -416,10 +490,7 @@ MIXED_UNIT = "héllo wörld — καλημέρα κόσμε — 日本語のテ�
 
 
 def text_of(size: int, kind: str) -> bytes:
-    if kind == "ascii":
-        unit = b"The quick brown fox jumps over the lazy dog. "
-    else:
-        unit = MIXED_UNIT
+    unit = b"The quick brown fox jumps over the lazy dog. " if kind == "ascii" else MIXED_UNIT
     data = (unit * (size // len(unit) + 1))[:size]
     # Back off to a character boundary and pad with ASCII to the exact size.
     while True:

@@ -60,7 +60,8 @@ def fastws_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "fastws", "echo", "--port", str(port), "--no-compression"],
+    proc = subprocess.Popen([sys.executable, "-m", "fastws", "echo", "--port", str(port),
+                             "--no-compression"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
                             preexec_fn=_pin(SERVER_CPU))
     deadline = time.monotonic() + 20
@@ -85,8 +86,8 @@ def fastws_server():
 
 
 def _run(loadgen: str, port: int, conns: int, inflight: int, size: int, count: int) -> dict:
-    p = subprocess.run([loadgen, "--port", str(port), "--conns", str(conns), "--inflight", str(inflight),
-                        "--size", str(size), "--count", str(count)],
+    p = subprocess.run([loadgen, "--port", str(port), "--conns", str(conns),
+                        "--inflight", str(inflight), "--size", str(size), "--count", str(count)],
                        capture_output=True, text=True, timeout=120, preexec_fn=_pin(LOAD_CPU))
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
     assert lines, f"loadgen failed (exit {p.returncode}): {p.stderr[-500:]}"
@@ -121,6 +122,10 @@ def test_fastws_server_echo(benchmark, loadgen, fastws_server, cell):
             if attr != "data":          # drop the cached statistics of the wall-clock timings
                 del vars(stats)[attr]
     med = durations[len(durations) // 2]
+
+    def median_of(key: str) -> float:
+        return sorted(r[key] for r in results)[len(results) // 2]
+
     benchmark.extra_info.update(msgs_per_s=round(conns * count / med),
-                                lat_p50_us=sorted(r["lat_p50_us"] for r in results)[len(results) // 2],
-                                lat_p99_us=sorted(r["lat_p99_us"] for r in results)[len(results) // 2])
+                                lat_p50_us=median_of("lat_p50_us"),
+                                lat_p99_us=median_of("lat_p99_us"))

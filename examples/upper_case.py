@@ -3,6 +3,7 @@ content upper-cased, and a client that sends "i am cow" and prints "I AM COW".
 
 Run the server:  python examples/upper_case.py server
 Run the client:  python examples/upper_case.py client ws://127.0.0.1:9001/
+(without a server, the client says why it got no answer and exits with status 1)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SendOnce:
     def __init__(self, text: str) -> None:
         self.text = text
         self.answer: str | None = None
+        self.closed = ""
 
     def on_upgraded(self, conn: Connection) -> None:
         conn.send_text(self.text)
@@ -41,15 +43,21 @@ class SendOnce:
         conn.close()
 
     def on_closed(self, conn: Connection, code: int, reason: str) -> None:
+        # A failed connect or handshake ends here too: 1006 (1015 for TLS) and why.
+        self.closed = f"{code} {reason}".strip()
         conn.loop.stop()
 
 
 def run_client(url: str, text: str, *, ssl: ssl.SSLContext | None = None,
-               loop: fastws.Loop | None = None) -> str | None:
+               loop: fastws.Loop | None = None) -> str:
+    """The server's answer to `text`; ConnectionError when there was none."""
     loop = loop or fastws.Loop()
     handler = SendOnce(text)
     fastws.connect(url, handler, ssl=ssl, loop=loop)
     loop.run()
+    if handler.answer is None:
+        why = f": closed {handler.closed}" if handler.closed else ""
+        raise ConnectionError(f"no answer from {url}{why}")
     return handler.answer
 
 
@@ -59,7 +67,10 @@ def main() -> None:
         fastws.default_loop().run()
     else:
         url = sys.argv[2] if len(sys.argv) > 2 else "ws://127.0.0.1:9001/"
-        print(run_client(url, "i am cow"))
+        try:
+            print(run_client(url, "i am cow"))
+        except OSError as exc:           # no answer, or a host name that does not resolve
+            sys.exit(str(exc))           # the message on stderr, exit status 1
 
 
 if __name__ == "__main__":

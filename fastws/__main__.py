@@ -1,4 +1,9 @@
-"""The command line: `python -m fastws echo` (an echo server) and `python -m fastws client URL`."""
+"""The command line: `python -m fastws echo` (an echo server) and `python -m fastws client URL`.
+
+Expected failures (a file that will not load, a port in use, a refused connection) end
+with one line on stderr and exit status 1; mistakes on the command line are argparse
+usage errors (status 2). Tracebacks are for bugs.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import fastws
 from fastws import CloseCode, Connection, Frame, OpCode, Request, Response
@@ -30,6 +38,20 @@ document.getElementById("send").onclick = () => {
 };
 </script>
 """  # noqa: E501 (a line of the page's script)
+
+
+class CommandError(Exception):
+    """A failure the user can act on: main() prints it as one line and exits with status 1."""
+
+
+def _strerror(exc: OSError) -> str:
+    """The OS's words for an error, without the "[Errno N]" prefix, in a sentence's case."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _BINARY = int(OpCode.BINARY)   # a plain int: an enum member lookup costs ~60 ns per message
@@ -65,23 +87,56 @@ class EchoHandler:
         conn.resume_reading()
 
 
-def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if not args.certfile:
-        return None
+def _server_ssl(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(args.certfile, args.keyfile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as exc:           # ssl.SSLError too; neither names the file at fault
+        raise CommandError(_cert_problem(certfile, keyfile, exc)) from None
     return context
+
+
+def _cert_problem(certfile: str, keyfile: str | None, exc: OSError) -> str:
+    """Which file is wrong, and how: OpenSSL says "PEM lib" for most of these."""
+    contents = {}
+    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
+        if path is not None:
+            try:
+                with open(path, "rb") as file:
+                    contents[path] = file.read()
+            except OSError as error:
+                return f"cannot read {option} {path}: {_strerror(error)}"
+    keypath = keyfile or certfile
+    if b"CERTIFICATE-----" not in contents[certfile]:
+        return f"{certfile} holds no PEM certificate"
+    if b"PRIVATE KEY-----" not in contents[keypath]:
+        hint = "" if keyfile else " (give the key file with --keyfile)"
+        return f"{keypath} holds no private key{hint}"
+    if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"the private key in {keypath} does not match the certificate in {certfile}"
+    files = f"{certfile} and {keyfile}" if keyfile else certfile
+    return f"cannot load {files}: {exc}"
 
 
 def run_echo(args: argparse.Namespace) -> int:
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size,
               "handshake_timeout": args.handshake_timeout, "idle_timeout": args.idle_timeout,
               "close_timeout": args.close_timeout}
+    context = _server_ssl(args.certfile, args.keyfile) if args.certfile else None
     loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
-    # With --workers N, serve() forks: everything below runs in every worker process.
-    server = fastws.serve(EchoHandler(), args.host, args.port, ssl=_server_ssl(args), loop=loop,
-                          workers=max(1, args.workers), compression=not args.no_compression,
-                          origins=args.origin, max_connections=args.max_connections, **limits)
+    try:
+        # With --workers N, serve() forks: everything below runs in every worker process.
+        server = fastws.serve(EchoHandler(), args.host, args.port, ssl=context, loop=loop,
+                              workers=max(1, args.workers), compression=not args.no_compression,
+                              origins=args.origin, max_connections=args.max_connections,
+                              **limits)
+    except socket.gaierror as exc:
+        loop.close()
+        raise CommandError(f"cannot resolve {args.host}: {_strerror(exc)}") from None
+    except OSError as exc:
+        loop.close()
+        raise CommandError(f"cannot listen on {_address(args.host, args.port)}: "
+                           f"{_strerror(exc)}") from None
     scheme = "wss" if args.certfile else "ws"
     # One write per line: with --workers the processes share stdout.
     sys.stdout.write(f"fastws echo server on {scheme}://{server.host}:{server.port}/ "
@@ -127,23 +182,65 @@ class ClientHandler:
 
     def __init__(self, echo: bool) -> None:
         self.echo = echo
+        self.upgraded = False
         self.code: int | None = None
         self.reason = ""
+        self._stdin = -1         # its file descriptor, once we read it
+        self._partial_line = b""
+        self._polled = True      # stdin is watched by the loop (else read on call_soon)
+        self._paused = False     # the write buffer is above its high water: stop reading
 
     def on_upgraded(self, conn: Connection) -> None:
+        self.upgraded = True
         if not self.echo:
-            conn.loop.add_reader(sys.stdin.fileno(), self._stdin_readable, conn)
+            self._stdin = sys.stdin.fileno()
+            self._watch_stdin(conn)
 
-    def _stdin_readable(self, conn: Connection) -> None:
-        chunk = os.read(sys.stdin.fileno(), 65536)
-        if not chunk:
-            conn.loop.remove_reader(sys.stdin.fileno())
-            if conn.is_open:
-                conn.close(CloseCode.NORMAL)
+    def _watch_stdin(self, conn: Connection) -> None:
+        if self._polled:
+            try:
+                conn.loop.add_reader(self._stdin, self._read_stdin, conn)
+                return
+            except PermissionError:
+                # epoll refuses regular files and /dev/null (`client URL < file`); reading
+                # them never blocks, so read a chunk per loop turn instead.
+                self._polled = False
+        conn.loop.call_soon(self._read_stdin, conn)
+
+    def _read_stdin(self, conn: Connection) -> None:
+        if self._paused:
             return
-        for line in chunk.decode("utf-8", "replace").splitlines():
-            if conn.is_open:
-                conn.send_text(line)
+        chunk = os.read(self._stdin, 65536)
+        # Lines may straddle chunks: keep the unfinished one for the next read.
+        lines = (self._partial_line + chunk).split(b"\n")
+        self._partial_line = lines.pop() if chunk else b""
+        for line in lines:
+            if not conn.is_open:         # the peer closed meanwhile; on_closed ends the run
+                self._stop_reading(conn)
+                return
+            if line or chunk:            # at the end, an empty last "line" is no line
+                conn.send_text(line.removesuffix(b"\r").decode("utf-8", "replace"))
+        if not chunk:
+            self._stop_reading(conn)
+            conn.close(CloseCode.NORMAL)
+        elif not self._polled and not self._paused:   # paused: on_resume_writing goes on
+            conn.loop.call_soon(self._read_stdin, conn)
+
+    def _stop_reading(self, conn: Connection) -> None:
+        if self._polled:
+            conn.loop.remove_reader(self._stdin)
+
+    # Back-pressure: a big file on stdin must not grow the write buffer without bound
+    # (past max_write_buffer the connection fails with 1008).
+    def on_pause_writing(self, conn: Connection) -> None:
+        if not self.echo and not self._paused:
+            self._paused = True
+            self._stop_reading(conn)
+
+    def on_resume_writing(self, conn: Connection) -> None:
+        if self._paused:
+            self._paused = False
+            self._watch_stdin(conn)
 
     def on_frame(self, conn: Connection, frame: Frame) -> None:
         if self.echo:
@@ -160,42 +257,129 @@ class ClientHandler:
         conn.loop.stop()
 
 
-def run_client(args: argparse.Namespace) -> int:
-    context = None
-    if args.url.startswith("wss:"):
+def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext:
+    try:
         context = ssl.create_default_context(cafile=args.cafile)
-        if args.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    except OSError as exc:           # neither FileNotFoundError nor SSLError names the file
+        problem = _strerror(exc) if type(exc) is not ssl.SSLError else str(exc)
+        raise CommandError(f"cannot load --cafile {args.cafile}: {problem}") from None
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def run_client(args: argparse.Namespace) -> int:
+    secure = urlsplit(args.url).scheme == "wss"
+    if (args.cafile or args.insecure) and not secure:
+        _usage_error(args, "--cafile and --insecure apply to wss:// URLs only")
+    context = _client_ssl(args) if secure else None
     loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
     handler = ClientHandler(args.echo)
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
-    conn = fastws.connect(args.url, handler, ssl=context, loop=loop,
-                          compression=not args.no_compression, **limits)
+    try:
+        conn = fastws.connect(args.url, handler, ssl=context, loop=loop,
+                              compression=not args.no_compression, **limits)
+    except ValueError as exc:        # the URL: a fragment, credentials, a bad port
+        loop.close()
+        _usage_error(args, str(exc) if args.url in str(exc) else f"{args.url!r}: {exc}")
+    except socket.gaierror as exc:
+        loop.close()
+        host = urlsplit(args.url).hostname
+        raise CommandError(f"cannot resolve {host}: {_strerror(exc)}") from None
+    except OSError as exc:           # a connect() refused at once
+        loop.close()
+        raise CommandError(f"cannot connect to {_peer(args.url)}: {_strerror(exc)}") from None
+
+    def close_gracefully(signum: int, _frame: object) -> None:
+        # Ctrl-C is "I am done", as end of input is: a normal closing handshake.
+        loop.call_soon_threadsafe(conn.close, CloseCode.NORMAL)
+
+    previous = {signum: signal.signal(signum, close_gracefully)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         loop.run()
-    except KeyboardInterrupt:
-        pass
     finally:
         loop.close()
+        for signum, action in previous.items():
+            signal.signal(signum, action)
+    return _report_close(args, handler, conn)
+
+
+def _report_close(args: argparse.Namespace, handler: ClientHandler, conn: Connection) -> int:
+    """Say how the connection ended (on stderr) and turn it into the exit status."""
     code = handler.code if handler.code is not None else CloseCode.ABNORMAL
-    if not args.echo:
-        detail = f": {conn.error}" if conn.error else ""
-        print(f"closed {code} {handler.reason}{detail}".rstrip(), file=sys.stderr)
-    return 0 if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS) else 1
+    error = conn.error
+    if not handler.upgraded and conn.peername is None and isinstance(error, OSError) \
+            and error.errno:
+        # TCP itself failed: the library's reason is "[Errno 111] ... ECONNREFUSED".
+        raise CommandError(f"cannot connect to {_peer(args.url)}: "
+                           f"{os.strerror(error.errno).lower()}")
+    normal = code in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS)
+    if not args.echo or not normal:
+        # The reason often quotes the error already ("TLS handshake failed: <error>").
+        why = handler.reason
+        if error is not None and str(error) not in why:
+            why = f"{why}: {error}" if why else str(error)
+        print(f"closed {code} {why}".rstrip(), file=sys.stderr)
+    return 0 if normal else 1
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    """Exit with status 2, the command's usage and `message`, as argparse does."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
+def _peer(url: str) -> str:
+    """host:port of a URL that connect() accepted, for messages."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "wss" else 80
+    return _address(parts.hostname or "", parts.port if parts.port is not None else default)
+
+
+def _ws_url(text: str) -> str:
+    """Only the scheme is checked here; connect() checks the rest (usage error too)."""
+    try:
+        scheme = urlsplit(text).scheme
+    except ValueError as exc:        # e.g. an unclosed [ of an IPv6 address
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if scheme not in ("ws", "wss"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a WebSocket URL: it starts with ws:// or wss://")
+    return text
+
+
+def _tcp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return port
+
+
+EPILOG = """exit status: 0 when all went well (for the client: the connection closed with
+1000, 1001 or 1005), 1 when the server cannot start or the connection fails or closes
+otherwise (one line on stderr says why), 2 for a usage error."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fastws",
-                                     description="fastws: WebSocket echo server and client")
+                                     description="fastws: WebSocket echo server and client",
+                                     epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"fastws {fastws.__version__}")
-    parser.add_argument("-v", "--log-level", default="WARNING",
-                        help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    parser.add_argument("-v", "--log-level", default="WARNING", type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), metavar="LEVEL",
+                        help="logging level: DEBUG, INFO, WARNING (default) or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    echo = commands.add_parser("echo", help="run an echo server")
+    # Each command's parser rides along in the namespace: its usage errors show its usage.
+    echo = commands.add_parser("echo", help="run an echo server", epilog=EPILOG)
+    echo.set_defaults(parser=echo)
     echo.add_argument("--host", default="127.0.0.1")
-    echo.add_argument("--port", type=int, default=9001)
+    echo.add_argument("--port", type=_tcp_port, default=9001)
     echo.add_argument("--certfile", help="TLS certificate chain (PEM); serves wss://")
     echo.add_argument("--keyfile", help="TLS private key (PEM)")
     echo.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024,
@@ -216,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allowed Origin for WebSocket upgrades (repeatable; default: any)")
     _add_busy_poll(echo)
 
-    client = commands.add_parser("client", help="connect to a WebSocket server")
-    client.add_argument("url")
+    client = commands.add_parser("client", help="connect to a WebSocket server", epilog=EPILOG)
+    client.set_defaults(parser=client)
+    client.add_argument("url", type=_ws_url, help="ws://HOST[:PORT]/PATH or wss://...")
     client.add_argument("--echo", action="store_true",
                         help="send every message received straight back; exit when the peer closes")
     client.add_argument("--cafile", help="CA certificates to trust for wss:// (PEM)")
@@ -248,10 +433,17 @@ def _add_busy_poll(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "echo":
-        return run_echo(args)
-    return run_client(args)
+    # fastws' own log messages start with "fastws:", so the logger's name would repeat it.
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "echo":
+            if args.keyfile and not args.certfile:
+                _usage_error(args, "--keyfile needs --certfile (the certificate chain)")
+            return run_echo(args)
+        return run_client(args)
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

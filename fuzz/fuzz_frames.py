@@ -79,7 +79,9 @@ def check_parser(payload: bytes, step: int) -> None:
     assert all(code in ALLOWED_CODES for code in errors), errors
     # The validator agrees with Python's decoder on the raw input, split at `step`.
     validator = Utf8Validator()
-    ok = all([validator.feed(payload[i:i + step]) for i in range(0, len(payload), step)])
+    # Every chunk is fed, even after one is rejected (all() over a generator would stop there).
+    results = [validator.feed(payload[i:i + step]) for i in range(0, len(payload), step)]
+    ok = all(results)
     try:
         payload.decode("utf-8")
         assert ok and validator.finish()

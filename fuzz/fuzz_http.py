@@ -26,8 +26,9 @@ MAX_HELD = 256
 LIMITS = Limits(max_header_size=4096, max_headers=32, max_body_size=4096, max_frame_size=MAX_HELD)
 SWITCH = Response(101, {"Upgrade": "websocket", "Connection": "Upgrade"})
 
-SEED_REQUEST = (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+SEED_REQUEST = (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
 def check(data: bytes) -> None:

@@ -98,6 +98,16 @@ def test_upper_case_example():
     assert answer == "I AM COW"
 
 
+def test_upper_case_example_without_a_server():
+    with socket.socket() as unused:                # bound, not listening: refused
+        unused.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{unused.getsockname()[1]}/"
+        result = run_script([str(EXAMPLES / "upper_case.py"), "client", url], 60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"no answer from {url}: closed 1006 ")
+    assert "refused" in result.stderr.lower() and result.stderr.count("\n") == 1
+
+
 # ------------------------------------------------------------------ README and docs
 
 RUNNABLE_MARK = "<!-- fastws: runnable -->"

@@ -2,11 +2,12 @@
 
     python bench/echo/run.py [--quick] [--sizes 32 4096 ...] [--repeat N] [--duration S]
 
-Compiles the C load generator (loadgen.c) and raw echo server (rawecho.c) with the system `cc -O2`
-into a temporary directory, starts every server under test in its own process pinned to CPU 0, and
-drives it with the load generator pinned to CPU 1. Runs are interleaved across servers (A B C A B C
-for each cell) and repeated; medians and min-max are reported. Writes bench/RESULTS.md and the raw
-runs to bench/echo/results.json (next to --output when that is given).
+Compiles the C load generator (loadgen.c) and raw echo server (rawecho.c) with the system
+`cc -O2` into a temporary directory, starts every server under test in its own process pinned to
+CPU 0, and drives it with the load generator pinned to CPU 1. Runs are interleaved across servers
+(A B C A B C for each cell) and repeated; medians and min-max are reported. Writes
+bench/RESULTS.md and the raw runs to bench/echo/results.json (next to --output when that is
+given).
 """
 from __future__ import annotations
 
@@ -55,23 +56,26 @@ def human_size(n: int) -> str:
 def servers(build: str) -> list[dict]:
     fastws_cmd = [PY, "-m", "fastws", "echo", "--host", "127.0.0.1", "--no-compression",
                   "--max-message-size", str(64 << 20)]
+
+    def python_server(script: str, *options: str):
+        return lambda p: [PY, f"{HERE}/servers/{script}", "--port", str(p), *options]
+
     return [
         {"name": "fastws", "cmd": lambda p: fastws_cmd + ["--port", str(p)], "memory": True},
-        {"name": "fastws (busy-poll off)", "cmd": lambda p: fastws_cmd + ["--port", str(p), "--busy-poll", "0"],
-         "memory": False},
-        {"name": "fastws (2 workers)", "cmd": lambda p: fastws_cmd + ["--port", str(p), "--workers", "2"],
-         "memory": False},
-        {"name": "picows (asyncio)", "cmd": lambda p: [PY, f"{HERE}/servers/picows_echo.py", "--port", str(p)],
+        {"name": "fastws (busy-poll off)",
+         "cmd": lambda p: fastws_cmd + ["--port", str(p), "--busy-poll", "0"], "memory": False},
+        {"name": "fastws (2 workers)",
+         "cmd": lambda p: fastws_cmd + ["--port", str(p), "--workers", "2"], "memory": False},
+        {"name": "picows (asyncio)", "cmd": python_server("picows_echo.py"),
          "memory": True, "peer": True},
-        {"name": "picows (uvloop)",
-         "cmd": lambda p: [PY, f"{HERE}/servers/picows_echo.py", "--port", str(p), "--uvloop"],
+        {"name": "picows (uvloop)", "cmd": python_server("picows_echo.py", "--uvloop"),
          "memory": True, "peer": True},
-        {"name": "websockets", "cmd": lambda p: [PY, f"{HERE}/servers/websockets_echo.py", "--port", str(p)],
+        {"name": "websockets", "cmd": python_server("websockets_echo.py"),
          "memory": True, "peer": True},
-        {"name": "aiohttp", "cmd": lambda p: [PY, f"{HERE}/servers/aiohttp_echo.py", "--port", str(p)],
+        {"name": "aiohttp", "cmd": python_server("aiohttp_echo.py"),
          "memory": True, "peer": True},
-        {"name": "raw C (TCP, no WebSocket)", "cmd": lambda p: [f"{build}/rawecho", str(p)], "raw": True,
-         "memory": False},
+        {"name": "raw C (TCP, no WebSocket)", "cmd": lambda p: [f"{build}/rawecho", str(p)],
+         "raw": True, "memory": False},
     ]
 
 
@@ -97,13 +101,19 @@ class Server:
 
     def start(self) -> None:
         self.port = free_port()
-        name = self.spec["name"].split()[0] + ("-2w" if "2 workers" in self.spec["name"] else "") \
-            + ("-uvloop" if "uvloop" in self.spec["name"] else "") + ("-asyncio" if "asyncio" in self.spec["name"] else "")
+        full_name = self.spec["name"]
+        name = full_name.split()[0]
+        suffixes = {"2 workers": "-2w", "uvloop": "-uvloop", "asyncio": "-asyncio"}
+        for marker, suffix in suffixes.items():
+            if marker in full_name:
+                name += suffix
         self.log_path = os.path.join(self.logdir, f"{name}.log")
-        log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.spec["cmd"](self.port), stdout=log, stderr=subprocess.STDOUT,
-                                     preexec_fn=pin(SERVER_CPU), cwd=REPO, env=env)
+        # The child gets its own copy of the log's descriptor; ours can close at once.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.spec["cmd"](self.port), stdout=log,
+                                         stderr=subprocess.STDOUT, preexec_fn=pin(SERVER_CPU),
+                                         cwd=REPO, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -241,7 +251,8 @@ def measure_idle_memory(build: str, spec: dict, logdir: str, n: int) -> dict:
         p.stdin.close()
         p.wait(30)
         if not ready:
-            return {"server": spec["name"], "ok": False, "error": (line + p.stderr.read()).strip()[-300:]}
+            return {"server": spec["name"], "ok": False,
+                    "error": (line + p.stderr.read()).strip()[-300:]}
         return {"server": spec["name"], "ok": alive, "conns": n, "rss_before_kib": before,
                 "rss_after_kib": after, "kib_per_conn": (after - before) / n,
                 "connect_s": json.loads(line).get("connect_s")}
@@ -338,33 +349,38 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
     L += machine()
     L += [f"- Versions: {versions()}", ""]
     L += ["## Method", "",
-          "- One load generator for every server: `bench/echo/loadgen.c` (epoll, its own handshake with "
-          "Sec-WebSocket-Accept check, frames masked with random keys, every echoed message compared "
-          "byte for byte; a mismatch fails the run). Binary messages; compression off everywhere.",
+          "- One load generator for every server: `bench/echo/loadgen.c` (epoll, its own "
+          "handshake with Sec-WebSocket-Accept check, frames masked with random keys, every "
+          "echoed message compared byte for byte; a mismatch fails the run). Binary messages; "
+          "compression off everywhere.",
           f"- Server pinned to CPU {SERVER_CPU}, load generator / client pinned to CPU {LOAD_CPU}. "
-          "`fastws (2 workers)` is pinned to CPU 0 too (both workers share it), so it shows the cost of "
-          "the multi-process mode, not a speed-up.",
-          "- `fastws` runs with its defaults: after I/O its loop polls for up to 25 µs for the next event "
-          "before it sleeps (adaptive; docs/performance.md). `fastws (busy-poll off)` is the same server "
-          "with `--busy-poll 0`: it sleeps at once, as the peers do. Server CPU includes the polling.",
-          f"- Each run: {args.warmup} s warm-up, then {args.duration} s measured; {args.repeat} repeat(s), "
-          "interleaved across servers (A B C A B C per cell). Numbers: median (min-max) over repeats.",
-          "- Server CPU µs/msg: utime+stime of the server process tree from /proc/PID/stat (10 ms ticks) "
-          "over the whole load-generator run, divided by every message echoed in it (warm-up included).",
+          "`fastws (2 workers)` is pinned to CPU 0 too (both workers share it), so it shows the "
+          "cost of the multi-process mode, not a speed-up.",
+          "- `fastws` runs with its defaults: after I/O its loop polls for up to 25 µs for the "
+          "next event before it sleeps (adaptive; docs/performance.md). `fastws (busy-poll off)` "
+          "is the same server with `--busy-poll 0`: it sleeps at once, as the peers do. Server "
+          "CPU includes the polling.",
+          f"- Each run: {args.warmup} s warm-up, then {args.duration} s measured; {args.repeat} "
+          "repeat(s), interleaved across servers (A B C A B C per cell). Numbers: median (min-max) "
+          "over repeats.",
+          "- Server CPU µs/msg: utime+stime of the server process tree from /proc/PID/stat (10 ms "
+          "ticks) over the whole load-generator run, divided by every message echoed in it "
+          "(warm-up included).",
           "- vs best peer: median msgs/s divided by the best of picows (asyncio), picows (uvloop), "
           "websockets and aiohttp in the same cell; vs raw C: divided by the raw TCP echo "
           "(`rawecho.c`, same byte count per message, no framing) in the same cell.",
           "- server CPU %: server CPU µs/msg x msgs/s (near 100: the server's CPU is the limit). "
-          "loadgen CPU %: the load generator's own CPU time over the measured window (near 100: the "
-          "load generator is the limit). With both well below 100 the cell is bound by wake-up latency "
-          "between the two CPUs (ping-pong, and pipelined runs whose batches stay small); the raw C "
-          "server is then not a ceiling for the WebSocket servers, because a slower server lets bigger "
-          "batches build up.",
-          "- Ping-pong latency: p50/p99 of each round trip, measured by the load generator (median over repeats).",
+          "loadgen CPU %: the load generator's own CPU time over the measured window (near 100: "
+          "the load generator is the limit). With both well below 100 the cell is bound by "
+          "wake-up latency between the two CPUs (ping-pong, and pipelined runs whose batches stay "
+          "small); the raw C server is then not a ceiling for the WebSocket servers, because a "
+          "slower server lets bigger batches build up.",
+          "- Ping-pong latency: p50/p99 of each round trip, measured by the load generator "
+          "(median over repeats).",
           ""]
     names = [s["name"] for s in servers("")]
     peers = [s["name"] for s in servers("") if s.get("peer")]
-    raw_name = [s["name"] for s in servers("") if s.get("raw")][0]
+    raw_name = next(s["name"] for s in servers("") if s.get("raw"))
     L += ["## Servers", ""]
     for scen in SCENARIOS:
         sname, conns, inflight = scen
@@ -382,8 +398,8 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
             best_peer = max((med[n] for n in peers if n in med), default=None)
             raw = med.get(raw_name)
             L += [f"#### {sname}, {human_size(size)}", ""]
-            head = ("| server | msgs/s median (min-max) | server CPU µs/msg | server CPU % | loadgen CPU % "
-                    "| vs best peer | vs raw C |")
+            head = ("| server | msgs/s median (min-max) | server CPU µs/msg | server CPU % "
+                    "| loadgen CPU % | vs best peer | vs raw C |")
             sep = "|---|---|---|---|---|---|---|"
             if inflight == 1:
                 head += " p50 / p99 µs |"
@@ -396,10 +412,12 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
                 okruns = [r for r in runs if r.get("ok")]
                 s = summary([r["msgs_per_s"] for r in okruns])
                 failed = len(runs) - len(okruns)
-                rate = "FAILED" if s is None else f"{fmt_rate(s[0])} ({fmt_rate(s[1])}-{fmt_rate(s[2])})"
+                rate = ("FAILED" if s is None
+                        else f"{fmt_rate(s[0])} ({fmt_rate(s[1])}-{fmt_rate(s[2])})")
                 if failed and s is not None:
                     rate += f" ({failed} failed)"
-                cpu = summary([r["server_cpu_us_per_msg"] for r in okruns if r.get("server_cpu_us_per_msg")])
+                cpu = summary([r["server_cpu_us_per_msg"] for r in okruns
+                               if r.get("server_cpu_us_per_msg")])
                 vs_peer = f"{s[0] / best_peer:.2f}x" if s and best_peer else "-"
                 vs_raw = f"{s[0] / raw:.2f}x" if s and raw else "-"
                 busy = f"{cpu[0] * s[0] / 1e4:.0f}" if cpu and s else "-"
@@ -409,29 +427,35 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
                 if inflight == 1:
                     p50 = summary([r["lat_p50_us"] for r in okruns])
                     p99 = summary([r["lat_p99_us"] for r in okruns])
-                    row += f" {fmt_us(p50[0]) if p50 else '-'} / {fmt_us(p99[0]) if p99 else '-'} |"
+                    p50_us = fmt_us(p50[0]) if p50 else "-"
+                    p99_us = fmt_us(p99[0]) if p99 else "-"
+                    row += f" {p50_us} / {p99_us} |"
                 L.append(row)
             L.append("")
     if memory:
         L += ["## Idle memory per connection", "",
-              f"{memory[0].get('conns', 2000)} idle WebSocket connections opened (handshake done, no messages) "
-              "after a short warm-up run; (VmRSS after - VmRSS before) / connections, server process tree.", "",
-              "| server | KiB per connection | RSS before (MiB) | RSS after (MiB) |", "|---|---|---|---|"]
+              f"{memory[0].get('conns', 2000)} idle WebSocket connections opened (handshake done, "
+              "no messages) after a short warm-up run; (VmRSS after - VmRSS before) / connections, "
+              "server process tree.", "",
+              "| server | KiB per connection | RSS before (MiB) | RSS after (MiB) |",
+              "|---|---|---|---|"]
         for m in memory:
             if m.get("ok"):
-                L.append(f"| {m['server']} | {m['kib_per_conn']:.1f} | {m['rss_before_kib'] / 1024:.1f} | "
-                         f"{m['rss_after_kib'] / 1024:.1f} |")
+                L.append(f"| {m['server']} | {m['kib_per_conn']:.1f} | "
+                         f"{m['rss_before_kib'] / 1024:.1f} | {m['rss_after_kib'] / 1024:.1f} |")
             else:
                 L.append(f"| {m['server']} | FAILED: {m.get('error', 'server died')} | | |")
         L.append("")
     if client_runs:
         L += ["## Clients", "",
-              "Each client against the same server, pinned to CPU 0: first fastws (the fastest server here, "
-              "so that the client is the limit), then picows on uvloop. Client pinned to "
-              "CPU 1. Python clients keep the messages in flight from their callbacks/coroutines and "
-              "compare every echo with what they sent. Client CPU µs/msg: the client's own process CPU "
-              "time (`time.process_time`, CLOCK_PROCESS_CPUTIME_ID in C) over the measured window / "
-              "messages. The C loadgen row is the reference for what the server can take.", ""]
+              "Each client against the same server, pinned to CPU 0: first fastws (the fastest "
+              "server here, so that the client is the limit), then picows on uvloop. Client pinned "
+              "to CPU 1. Python clients keep the messages in flight from their "
+              "callbacks/coroutines and compare every echo with what they sent. Client CPU µs/msg: "
+              "the client's own "
+              "process CPU time (`time.process_time`, CLOCK_PROCESS_CPUTIME_ID in C) over the "
+              "measured window / messages. The C loadgen row is the reference for what the server "
+              "can take.", ""]
         for against, scen in [(a, sc) for a in CLIENT_SERVERS for sc in CLIENT_SCENARIOS]:
             sname, conns, inflight = scen
             runs_here = [r for r in client_runs if r.get("against", "picows (uvloop)") == against]
@@ -463,7 +487,8 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
                                 txt += f"<br>p50 {fmt_us(p50[0])} µs"
                         cells.append(txt)
                 L.append(f"| {c} | " + " | ".join(cells) + " |")
-            L += ["", "msgs/s (round trips/s for ping-pong), median (min-max)." if sname == "ping-pong" else "", ""]
+            note = "msgs/s (round trips/s for ping-pong), median (min-max)."
+            L += ["", note if sname == "ping-pong" else "", ""]
     L += ["## Problems seen", ""]
     L += [f"- {p}" for p in problems] or ["- none"]
     L.append("")
@@ -471,6 +496,10 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
 
 
 # --------------------------------------------------------------------------- main
+
+def outcome(run: dict) -> str:
+    return "ok" if run.get("ok") else f"FAIL {run.get('error')}"
+
 
 def build_c(build: str) -> None:
     if not shutil.which("cc"):
@@ -488,7 +517,8 @@ def raise_nofile(n: int = 65536) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="sizes 32 B and 64 KiB, 1 repeat, 1 s runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="sizes 32 B and 64 KiB, 1 repeat, 1 s runs")
     ap.add_argument("--sizes", type=int, nargs="+")
     ap.add_argument("--repeat", type=int)
     ap.add_argument("--duration", type=float)
@@ -497,7 +527,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=["servers", "memory", "clients"],
                     default=["servers", "memory", "clients"])
     ap.add_argument("--output", default=os.path.join(REPO, "bench", "RESULTS.md"))
-    ap.add_argument("--from-json", metavar="FILE", help="only rewrite the report from a saved results.json")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="only rewrite the report from a saved results.json")
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as f:
@@ -528,8 +559,10 @@ def main() -> None:
     def note_problems(runs, who_key):
         for r in runs:
             if not r.get("ok"):
-                problems.append(f"{r.get(who_key)} {r['scenario']} {human_size(r['size'])}: "
-                                f"{r.get('error') or 'mismatches %s, errors %s' % (r.get('mismatches'), r.get('errors'))}")
+                error = (r.get("error")
+                         or f"mismatches {r.get('mismatches')}, errors {r.get('errors')}")
+                where = f"{r.get(who_key)} {r['scenario']} {human_size(r['size'])}"
+                problems.append(f"{where}: {error}")
             elif r.get("close_timeout"):
                 problems.append(f"{r.get(who_key)} {r['scenario']} {human_size(r['size'])}: "
                                 "closing handshake or drain timed out")
@@ -541,12 +574,14 @@ def main() -> None:
                 for size in args.sizes:
                     for rep in range(args.repeat):
                         for server in live:
-                            r = measure_server(build, server, scen, size, args.duration, args.warmup)
+                            r = measure_server(build, server, scen, size, args.duration,
+                                               args.warmup)
                             server_runs.append(r)
-                            print(f"{scen[0]:>15} {human_size(size):>7} #{rep} {server.spec['name']:<26} "
+                            print(f"{scen[0]:>15} {human_size(size):>7} #{rep} "
+                                  f"{server.spec['name']:<26} "
                                   f"{r.get('msgs_per_s', 0):>12,.0f} msg/s  cpu "
                                   f"{fmt_us(r.get('server_cpu_us_per_msg'))} us/msg  "
-                                  f"{'ok' if r.get('ok') else 'FAIL ' + str(r.get('error'))}", flush=True)
+                                  f"{outcome(r)}", flush=True)
         finally:
             for server in live:
                 problems += [f"{server.spec['name']} {c}" for c in server.crashes]
@@ -558,28 +593,30 @@ def main() -> None:
             if spec.get("memory"):
                 m = measure_idle_memory(build, spec, build, args.idle_conns)
                 memory.append(m)
-                print(f"idle memory {spec['name']:<20} {m.get('kib_per_conn', float('nan')):.1f} KiB/conn "
+                print(f"idle memory {spec['name']:<20} "
+                      f"{m.get('kib_per_conn', float('nan')):.1f} KiB/conn "
                       f"{'' if m.get('ok') else m.get('error')}", flush=True)
                 if not m.get("ok"):
                     problems.append(f"{spec['name']} idle memory: {m.get('error', 'server died')}")
 
     if "clients" in args.only:
         for against in CLIENT_SERVERS:
-            spec = [s for s in servers(build) if s["name"] == against][0]
+            spec = next(s for s in servers(build) if s["name"] == against)
             server = Server(spec, build)
             try:
                 for scen in CLIENT_SCENARIOS:
                     for size in args.sizes:
                         for rep in range(args.repeat):
                             for client in CLIENTS:
-                                r = run_client(build, client, server.port, scen, size, args.duration,
-                                               args.warmup)
+                                r = run_client(build, client, server.port, scen, size,
+                                               args.duration, args.warmup)
                                 r["against"] = against
                                 client_runs.append(r)
-                                print(f"client vs {against:<15} {scen[0]:>10} {human_size(size):>7} #{rep} "
-                                      f"{client:<11} {r.get('msgs_per_s', 0):>12,.0f} msg/s  cpu "
+                                print(f"client vs {against:<15} {scen[0]:>10} "
+                                      f"{human_size(size):>7} #{rep} {client:<11} "
+                                      f"{r.get('msgs_per_s', 0):>12,.0f} msg/s  cpu "
                                       f"{fmt_us(r.get('client_cpu_us_per_msg'))} us/msg  "
-                                      f"{'ok' if r.get('ok') else 'FAIL ' + str(r.get('error'))}", flush=True)
+                                      f"{outcome(r)}", flush=True)
                                 server.ensure(f"after client {client} {scen[0]} {human_size(size)}")
             finally:
                 problems += [f"client-side server {against} {c}" for c in server.crashes]
@@ -594,11 +631,13 @@ def main() -> None:
             bad = [line for line in text.splitlines()
                    if any(w in line for w in ("Traceback", "Error", "error", "Exception"))]
             if bad:
-                problems.append(f"{log}: {len(bad)} error line(s) in the server log, first: {bad[0].strip()[:200]}")
+                problems.append(f"{log}: {len(bad)} error line(s) in the server log, "
+                                f"first: {bad[0].strip()[:200]}")
 
     elapsed = time.monotonic() - t_start
     default_out = os.path.abspath(args.output) == os.path.join(REPO, "bench", "RESULTS.md")
-    raw_path = os.path.join(HERE, "results.json") if default_out else os.path.splitext(args.output)[0] + ".json"
+    raw_path = (os.path.join(HERE, "results.json") if default_out
+                else os.path.splitext(args.output)[0] + ".json")
     with open(raw_path, "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items() if k != "argv"}, "argv": args.argv,
                    "elapsed": elapsed, "started": started, "servers": server_runs, "memory": memory,

@@ -25,5 +25,5 @@ if __name__ == "__main__":
     args = ap.parse_args()
     app = web.Application()
     app.router.add_get("/", handler)
-    web.run_app(app, host=args.host, port=args.port, print=lambda *a: print("listening", flush=True),
-                access_log=None)
+    web.run_app(app, host=args.host, port=args.port,
+                print=lambda *a: print("listening", flush=True), access_log=None)
