@@ -283,13 +283,6 @@ def run_client(args: argparse.Namespace) -> int:
     except ValueError as exc:        # the URL: a fragment, credentials, a bad port
         loop.close()
         _usage_error(args, str(exc) if args.url in str(exc) else f"{args.url!r}: {exc}")
-    except socket.gaierror as exc:
-        loop.close()
-        host = urlsplit(args.url).hostname
-        raise CommandError(f"cannot resolve {host}: {_strerror(exc)}") from None
-    except OSError as exc:           # a connect() refused at once
-        loop.close()
-        raise CommandError(f"cannot connect to {_peer(args.url)}: {_strerror(exc)}") from None
 
     def close_gracefully(signum: int, _frame: object) -> None:
         # Ctrl-C is "I am done", as end of input is: a normal closing handshake.
@@ -310,11 +303,9 @@ def _report_close(args: argparse.Namespace, handler: ClientHandler, conn: Connec
     """Say how the connection ended (on stderr) and turn it into the exit status."""
     code = handler.code if handler.code is not None else CloseCode.ABNORMAL
     error = conn.error
-    if not handler.upgraded and conn.peername is None and isinstance(error, OSError) \
-            and error.errno:
-        # TCP itself failed: the library's reason is "[Errno 111] ... ECONNREFUSED".
-        raise CommandError(f"cannot connect to {_peer(args.url)}: "
-                           f"{os.strerror(error.errno).lower()}")
+    if not handler.upgraded and conn.peername is None and isinstance(error, OSError):
+        # The name did not resolve, or TCP itself failed: the reason says which, and where.
+        raise CommandError(error.strerror or str(error))
     normal = code in (CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS)
     if not args.echo or not normal:
         # The reason often quotes the error already ("TLS handshake failed: <error>").

@@ -1,7 +1,8 @@
 """Type stubs for fastws._protocol, the sans-I/O WebSocket protocol."""
 
 import enum
-from typing import NamedTuple, Protocol as _TypingProtocol
+from typing import NamedTuple
+from typing import Protocol as _TypingProtocol
 
 from typing_extensions import Buffer, disjoint_base
 

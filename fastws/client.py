@@ -123,7 +123,8 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
     except socket.gaierror as exc:
         # Reported like a refused connection, below, with the name that did not resolve.
         family, type_, proto, address = socket.AF_INET, socket.SOCK_STREAM, 0, None
-        error = socket.gaierror(exc.errno, f"cannot resolve {host!r}: {exc.strerror}")
+        words = exc.strerror or str(exc)
+        error = socket.gaierror(exc.errno, f"cannot resolve {host}: {words[:1].lower()}{words[1:]}")
     sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -370,7 +370,7 @@ class Connection(ConnectionBase):
                 response = handshake.receive_eof()
             except (HttpError, HandshakeError) as exc:
                 self.error = exc
-                self._ending = (CloseCode.ABNORMAL, f"bad handshake response: {exc}")
+                self._ending = (CloseCode.ABNORMAL, str(exc))
                 return
             self._on_response(response)
 
@@ -416,7 +416,8 @@ class Connection(ConnectionBase):
             return CloseCode.ABNORMAL, f"connection lost: {exc}"
         if protocol is not None:
             if self._eof:
-                return CloseCode.ABNORMAL, "the peer closed the TCP connection without a close frame"
+                return (CloseCode.ABNORMAL,
+                        "the peer closed the TCP connection without a close frame")
             return CloseCode.ABNORMAL, "closed without a closing handshake"
         return CloseCode.ABNORMAL, f"closed during the {phase.value}"
 
@@ -503,7 +504,8 @@ class Connection(ConnectionBase):
         except Exception:
             logger.exception("exception in on_request for %s %s", request.method, request.target)
             if self._awaiting_is(request):
-                self._reject(Response.text(500, "Internal Server Error\n"), "exception in on_request")
+                self._reject(Response.text(500, "Internal Server Error\n"),
+                             "exception in on_request")
             elif self._protocol is not None:
                 self.fail(CloseCode.INTERNAL_ERROR, "internal error")
 
@@ -551,7 +553,7 @@ class Connection(ConnectionBase):
             response = handshake.receive_data(data)
         except HttpError as exc:
             self.error = exc
-            self._close_transport(CloseCode.ABNORMAL, f"bad handshake response: {exc}")
+            self._close_transport(CloseCode.ABNORMAL, str(exc))
             return
         if response is not None:
             self._on_response(response)

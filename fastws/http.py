@@ -380,6 +380,7 @@ class HttpResponseError(HttpError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(0, detail, reason="Invalid HTTP response")
+        self.args = (f"invalid HTTP response: {detail}",)      # no status to show
 
     def response(self) -> Response:
         raise RuntimeError("a client-side response error has no HTTP answer")

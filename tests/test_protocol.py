@@ -4,6 +4,7 @@ once; the integration suites check that every transport gives the same bytes on 
 
 from __future__ import annotations
 
+import itertools
 import os
 import zlib
 
@@ -77,7 +78,7 @@ def test_any_chunking_gives_the_same_events(cuts):
     whole.receive_data(wire)
     chunked = server()
     points = sorted({min(cut, len(wire)) for cut in cuts} | {0, len(wire)})
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         chunked.receive_data(wire[start:end])
     assert chunked.events_received() == whole.events_received()
     assert chunked.data_to_send() == whole.data_to_send()

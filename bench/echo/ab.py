@@ -42,9 +42,10 @@ class TreeServer:
         cmd = [run.PY, "-m", "fastws", "echo", "--port", str(self.port), "--no-compression",
                "--max-message-size", str(64 << 20), "--busy-poll", str(busy_poll)]
         env = dict(os.environ, PYTHONPATH=self.tree)
-        log = open(os.path.join(logdir, f"{name}.log"), "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.tree, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, preexec_fn=run.pin(run.SERVER_CPU))
+        with open(os.path.join(logdir, f"{name}.log"), "ab") as log:   # the child keeps its copy
+            self.proc = subprocess.Popen(cmd, cwd=self.tree, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=run.pin(run.SERVER_CPU))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
