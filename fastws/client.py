@@ -31,7 +31,8 @@ from .deflate import (
 )
 from .handler import check_handler
 from .handshake import check_response, client_request, format_extensions, new_key, parse_ws_url
-from .http import HeadersLike, Request, Response, ResponseParser
+from .http import HeadersLike, Request, Response
+from .http_parser import ResponseParser
 from .limits import Limits
 from .loop import Loop, default_loop
 

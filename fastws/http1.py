@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from .http import BytesLike, Headers, HttpError, Request, RequestParser, Response
+from .http import BytesLike, Headers, HttpError, Request, Response
+from .http_parser import RequestParser
 from .limits import Limits
 
 __all__ = ["ServerConversation"]
