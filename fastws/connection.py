@@ -27,9 +27,9 @@ from ._codec import CloseCode, Frame, OpCode
 from ._connection import ConnectionBase
 from ._protocol import Protocol
 from ._transport import Transport
-from .deflate import EXTENSION_NAME, Deflate, deflate_options, negotiate_server
+from .deflate import Deflate, deflate_options, negotiate_response
 from .handler import Handler, check_handler
-from .handshake import HandshakeError, check_request, format_extensions, parse_extensions
+from .handshake import HandshakeError, check_request
 from .http import HttpError, Request, Response
 from .http1 import ServerConversation
 from .limits import Limits
@@ -222,33 +222,14 @@ class Connection(ConnectionBase):
         self.request = request
         self.response = response
         self.subprotocol = response.headers.get("sec-websocket-protocol")
-        extension = self._negotiate_deflate(request, response, compression)
+        options = (getattr(self.server, "compression", None) if compression is None
+                   else deflate_options(compression, is_client=False))
+        extension = negotiate_response(request, response, options)
         answer, rest = http.accept_upgrade(response)
         self._http = None
         self._transport.write_bytes(answer)
         self._start_websocket(stages, extension, rest)
         return True
-
-    def _negotiate_deflate(self, request: Request, response: Response,
-                           compression: Any) -> Deflate | None:
-        """permessage-deflate (server): add the answer's header, return the extension."""
-        if compression is None:
-            options = getattr(self.server, "compression", None)
-        else:
-            options = deflate_options(compression, is_client=False)
-        if options is None or response.headers.get("sec-websocket-extensions") is not None:
-            return None
-        try:
-            offers = parse_extensions(request.headers.get_all("sec-websocket-extensions"))
-        except ValueError:
-            return None          # a malformed header: answer without extensions
-        agreed = negotiate_server(offers, options)
-        if agreed is None:
-            return None
-        params, extension = agreed
-        response.headers.add("Sec-WebSocket-Extensions",
-                             format_extensions([(EXTENSION_NAME, params)]))
-        return extension
 
     def ping(self, data: bytes = b"") -> None:
         self.send(Frame(opcode=OpCode.PING, data=data))

@@ -37,10 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._codec import CloseCode, ProtocolError
-from .handshake import Extension, HandshakeError
+from .handshake import Extension, HandshakeError, format_extensions, parse_extensions
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+    from .http import Request, Response
 
 __all__ = [
     "EXTENSION_NAME",
@@ -50,6 +52,7 @@ __all__ = [
     "client_offer",
     "deflate_options",
     "negotiate_client",
+    "negotiate_response",
     "negotiate_server",
 ]
 
@@ -224,6 +227,26 @@ def negotiate_server(offers: Sequence[Extension],
                         local_max_window_bits=local_bits, remote_max_window_bits=remote_bits)
         return answer, stage
     return None
+
+
+def negotiate_response(request: Request, response: Response,
+                       options: DeflateOptions | None) -> Deflate | None:
+    """permessage-deflate for a server's 101 `response` to `request`: the agreed extension,
+    its answer added to the response's headers; None (and the response untouched) when
+    `options` is None, the request offers nothing acceptable, or the response already has a
+    Sec-WebSocket-Extensions header (the application negotiated by itself)."""
+    if options is None or response.headers.get("sec-websocket-extensions") is not None:
+        return None
+    try:
+        offers = parse_extensions(request.headers.get_all("sec-websocket-extensions"))
+    except ValueError:
+        return None          # a malformed header: answer without extensions
+    agreed = negotiate_server(offers, options)
+    if agreed is None:
+        return None
+    params, extension = agreed
+    response.headers.add("Sec-WebSocket-Extensions", format_extensions([(EXTENSION_NAME, params)]))
+    return extension
 
 
 # ---------------------------------------------------------------------- client side
