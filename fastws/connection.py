@@ -32,8 +32,8 @@ from .handler import Handler, check_handler
 from .handshake import HandshakeError, check_request
 from .http import HttpError, Request, Response
 from .http1 import ServerConversation
+from .eventloop import TimerHandle
 from .limits import Limits
-from .loop import Loop, Timer
 from .stages import AutoPong, Consolidate, Stage, StageChain
 
 if TYPE_CHECKING:
@@ -60,10 +60,13 @@ class Connection(ConnectionBase):
     Sending (`send`, `send_text`, `send_binary`, `is_open`) is in the C base class.
     """
 
-    def __init__(self, loop: Loop, sock: socket.socket, handler: Any, *, is_client: bool,
+    def __init__(self, loop: Any, sock: socket.socket | None, handler: Any, *, is_client: bool,
                  limits: Limits, ssl_context: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None, server: Any = None) -> None:
-        self.loop = loop
+                 server_hostname: str | None = None, server: Any = None,
+                 transport_factory: Callable[[Connection], Any] | None = None) -> None:
+        # `loop` is a fastws Loop, or an asyncio loop when fastws.asyncio made the connection:
+        # the connection itself only uses time() and call_later() (fastws.eventloop).
+        self.loop: Any = loop
         self.is_client = is_client
         self.limits = limits
         self.server = server
@@ -77,9 +80,18 @@ class Connection(ConnectionBase):
         self.handler = handler
         self._phase = Phase.TLS_HANDSHAKE if ssl_context is not None else (
             Phase.OPENING_HANDSHAKE if is_client else Phase.HTTP)
-        self._transport = Transport(loop, sock, self, is_client=is_client,
-                                    ssl_context=ssl_context, server_hostname=server_hostname,
-                                    close_timeout=limits.close_timeout)
+        # The transport moves the bytes and reports back to this connection (see
+        # fastws._transport's module doc for the interface). By default a socket on the fastws
+        # Loop; `transport_factory(conn)` supplies another one with the same interface (an
+        # asyncio transport's adapter: fastws._asyncio_transport), already connected or not.
+        if transport_factory is None:
+            assert sock is not None
+            self._transport: Any = Transport(
+                loop, sock, self, is_client=is_client, ssl_context=ssl_context,
+                server_hostname=server_hostname, close_timeout=limits.close_timeout)
+        else:
+            self._transport = transport_factory(self)
+            self._transport.close_timeout = limits.close_timeout
         self._transport.set_write_limits(limits.write_high_water, limits.write_low_water,
                                          limits.max_write_buffer)
         self._http: ServerConversation | None = None
@@ -89,8 +101,8 @@ class Connection(ConnectionBase):
         self._ending: tuple[int, str] | None = None   # the code and reason of a close we chose
         self._eof = False
         self._on_established: Callable[[], None] | None = None
-        self._handshake_timer: Timer | None = None   # the opening handshake's deadline
-        self._idle_timer: Timer | None = None        # an idle HTTP keep-alive connection's
+        self._handshake_timer: TimerHandle | None = None   # the opening handshake's deadline
+        self._idle_timer: TimerHandle | None = None        # an idle HTTP keep-alive connection's
         if limits.handshake_timeout is not None:
             self._handshake_timer = self.call_later(limits.handshake_timeout,
                                                     self._on_handshake_timeout)
@@ -299,7 +311,8 @@ class Connection(ConnectionBase):
 
     # --- timers guarded like every other connection callback
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Timer:
+    def call_later(self, delay: float, callback: Callable[..., object],
+                   *args: object) -> TimerHandle:
         """Run `callback(*args)` after `delay` seconds unless the connection closed by then;
         an exception in it fails the connection (1011) as in any handler callback."""
         return self.loop.call_later(delay, self._guarded, callback, args)

@@ -19,15 +19,16 @@ from __future__ import annotations
 import collections
 import logging
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._codec import CloseCode, Frame, OpCode
+from .eventloop import TimerHandle
 
 if TYPE_CHECKING:
     from ._protocol import Protocol
     from .connection import Connection
-    from .loop import Timer
 
 __all__ = ["AutoPing", "AutoPong", "Consolidate", "Stage", "StageChain"]
 
@@ -69,23 +70,35 @@ class Stage:
     def pass_out(self, frame: Frame) -> None:
         self._pass_out(frame)
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Timer:
+    def call_later(self, delay: float, callback: Callable[..., object],
+                   *args: object) -> TimerHandle:
         if self.conn is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a connection")
-        timer = self.conn.call_later(delay, callback, *args)
-        self._timers().append(timer)
+        timers = self._timers()
+        if len(timers) > 64:
+            # Timers the stage cancelled itself never run: drop them now and then.
+            for old in [k for k, t in timers.items() if _is_cancelled(t)]:
+                del timers[old]
+        key = object()
+        # The timer forgets itself when it runs: the dict holds only pending timers, on any
+        # loop (a fastws Loop or asyncio's, whose handles do not say whether they ran).
+        timer = self.conn.call_later(delay, self._run_timer, key, callback, args)
+        timers[key] = timer
         return timer
 
-    def _timers(self) -> list[Timer]:
-        timers: list[Timer] | None = self.__dict__.get("_stage_timers")
+    def _run_timer(self, key: object, callback: Callable[..., object],
+                   args: tuple[object, ...]) -> None:
+        self._timers().pop(key, None)
+        callback(*args)
+
+    def _timers(self) -> dict[object, TimerHandle]:
+        timers: dict[object, TimerHandle] | None = self.__dict__.get("_stage_timers")
         if timers is None:
-            timers = self.__dict__["_stage_timers"] = []
-        # Drop timers that already ran or were cancelled, so the list stays short.
-        timers[:] = [t for t in timers if not t.cancelled and t._loop is not None]
+            timers = self.__dict__["_stage_timers"] = {}
         return timers
 
     def _detach(self) -> None:
-        for timer in self.__dict__.pop("_stage_timers", ()):
+        for timer in self.__dict__.pop("_stage_timers", {}).values():
             timer.cancel()
         try:
             self.on_detached()
@@ -98,6 +111,11 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+
+def _is_cancelled(timer: TimerHandle) -> bool:
+    cancelled = getattr(timer, "cancelled", False)   # a property on fastws.Timer, a method
+    return bool(cancelled() if callable(cancelled) else cancelled)   # on asyncio's handles
 
 
 class Consolidate(Stage):
@@ -168,7 +186,7 @@ class AutoPing(Stage):
         payload = self._next_payload()
         if len(payload) > 125:
             raise ValueError("AutoPing payloads must be at most 125 bytes")
-        now = conn.loop.time()
+        now = time.monotonic()
         self._sent.pop(payload, None)
         self._sent[payload] = now
         while len(self._sent) > self._remember:
@@ -188,7 +206,7 @@ class AutoPing(Stage):
         if frame.opcode == OpCode.PONG:
             sent = self._sent.get(bytes(frame.data))
             if sent is not None and self.conn is not None:
-                rtt = self.conn.loop.time() - sent
+                rtt = time.monotonic() - sent
                 # This pong answers that ping and every older one.
                 while self._sent:
                     payload, _ = self._sent.popitem(last=False)

@@ -1,0 +1,411 @@
+# cython: language_level=3
+"""A connection's transport on an asyncio loop (asyncio's own or uvloop): the adapter between
+an asyncio transport and a fastws Connection and its Protocol.
+
+`AsyncioTransport` is two things at once, as `fastws._transport.Transport` is on the fastws
+Loop: the asyncio (buffered) protocol that asyncio's transport feeds, and the `Sink` the
+WebSocket Protocol writes to. It tells its listener (the Connection) the same small set of
+events the Loop transport does: connection_made(), data_received(view) (before the upgrade;
+the view is valid only during the call), eof_received(), connection_lost(exc) (exactly once),
+pause_writing(), resume_writing(), write_overflow() and internal_error(exc).
+
+Reading: asyncio reads into a buffer this thread's transports share (`get_buffer`), and
+after the upgrade the bytes go from it straight to the Protocol's parser in C
+(`buffer_updated`): no bytes object per read and no Python call per frame. Writing: the
+writes made while one read is handled are batched and leave together, with one
+`transport.write()`/`writelines()`, when the read is done; a coroutine woken by that read
+can join the batch (`hold_writes`); every other write goes to the asyncio transport at once.
+Back-pressure comes from the asyncio transport's own write buffer (its high and low water
+marks are the connection's limits); past `max_write_buffer` unsent bytes the listener is
+told the peer does not read.
+
+TLS is asyncio's: the handshake is done before `connection_made`, and TLS errors never
+reach the connection. Closing follows the Loop transport: `end()` sends what is written,
+then a server half-closes and waits for the peer's EOF (TLS: closes), a client waits for
+the server to close, bounded by `close_timeout`; `close()` drops the connection at once.
+"""
+
+import threading
+
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint32_t
+
+from fastws._codec cimport fastws_mask_copy
+from fastws._protocol cimport Protocol, Sink
+
+cdef enum:
+    READ_SIZE = 256 * 1024
+
+cdef object _per_thread = threading.local()
+
+
+cdef bytearray _read_buffer():
+    """This thread's read buffer: asyncio fills it and hands it back within one call, and
+    every byte is used (parsed or copied) before that call returns."""
+    buffer = getattr(_per_thread, "buffer", None)
+    if buffer is None:
+        buffer = bytearray(READ_SIZE)
+        _per_thread.buffer = buffer
+    return buffer
+
+
+@cython.auto_pickle(False)
+cdef class AsyncioTransport(Sink):
+    """One connection on an asyncio loop; see the module doc."""
+
+    cdef readonly object loop
+    cdef readonly bint is_client
+    cdef readonly bint closed
+    cdef readonly object peername
+    cdef readonly bint tls
+    cdef object listener
+    cdef object _transport            # the asyncio transport, once connected
+    cdef public Protocol protocol     # set at the upgrade: reads are parsed in C
+    cdef public double close_timeout
+    cdef bint _started                # the connection asked to start (start())
+    cdef bint _reading_paused
+    cdef bint _discarding             # end(): input is read only to see the peer's EOF
+    # writing
+    cdef list _pending                # batched writes (during a read, or held)
+    cdef Py_ssize_t _pending_size
+    cdef bint _corked                 # inside a read
+    cdef bint _held                   # writes wait for the loop's next round (hold_writes)
+    cdef Py_ssize_t _high_water
+    cdef Py_ssize_t _low_water
+    cdef long long _cap               # -1: no cap
+    cdef bint _writing_paused
+    cdef bint _overflowed
+    cdef unsigned long long _handed   # bytes given to the asyncio transport
+    cdef readonly unsigned long long bytes_received
+    # ending
+    cdef bint _ending
+    cdef bint _output_shut
+    cdef object _close_timer
+
+    def __init__(self, loop, listener, *, bint is_client, double close_timeout=5.0):
+        self.loop = loop
+        self.listener = listener
+        self.is_client = is_client
+        self.close_timeout = close_timeout
+        self._pending = []
+        self._high_water = 256 * 1024
+        self._low_water = 64 * 1024
+        self._cap = -1
+
+    # ---------------------------------------------------------------- configuration
+
+    def set_write_limits(self, Py_ssize_t high, Py_ssize_t low, cap):
+        """Pause above `high` bytes unsent, resume at `low`; past `cap` (None: no cap) the
+        peer is taken as not reading."""
+        if not 0 <= low <= high:
+            raise ValueError("write limits need 0 <= low <= high")
+        self._high_water = high
+        self._low_water = low
+        self._cap = -1 if cap is None else cap
+        if self._transport is not None and not self.closed:
+            self._transport.set_write_buffer_limits(high=high, low=low)
+
+    @property
+    def transport(self):
+        """The asyncio transport (None before it connected)."""
+        return self._transport
+
+    @property
+    def sock(self):
+        return self._transport.get_extra_info("socket") if self._transport is not None else None
+
+    @property
+    def handshaking(self):
+        return False                  # asyncio completes TLS before connection_made
+
+    @property
+    def ending(self):
+        return self._ending
+
+    @property
+    def write_buffer_size(self):
+        """Bytes accepted for sending that have not left yet (ours and asyncio's buffer)."""
+        size = self._pending_size
+        if self._transport is not None and not self.closed:
+            size += self._transport.get_write_buffer_size()
+        return size
+
+    @property
+    def bytes_sent(self):
+        """Bytes handed on to the kernel (TLS: before encryption), as far as asyncio says."""
+        if self._transport is not None and not self.closed:
+            return self._handed - self._transport.get_write_buffer_size()
+        return self._handed
+
+    # ---------------------------------------------------------------- asyncio protocol
+
+    def connection_made(self, transport):
+        if self.closed:               # closed (a timeout) while asyncio was connecting
+            transport.abort()
+            return
+        self._transport = transport
+        self.peername = transport.get_extra_info("peername")
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        transport.set_write_buffer_limits(high=self._high_water, low=self._low_water)
+        if self._reading_paused:
+            transport.pause_reading()
+        if self._started:
+            self._connection_made()
+
+    def start(self):
+        """The connection is ready for connection_made() (now, or once asyncio connects)."""
+        self._started = True
+        if self._transport is not None and not self.closed:
+            self._connection_made()
+
+    cdef int _connection_made(self) except -1:
+        self._corked = True
+        try:
+            self.listener.connection_made()
+        finally:
+            self._corked = False
+        if not self.closed:
+            self.flush()
+        return 0
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        return _read_buffer()
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef bytearray buffer = _read_buffer()
+        self._received(buffer, <const uint8_t *>PyByteArray_AS_STRING(buffer), nbytes)
+
+    def data_received(self, data):
+        """Bytes from a transport that does not use get_buffer (uvicorn hands the upgrade
+        request over this way)."""
+        cdef const uint8_t[::1] view = data
+        if view.shape[0]:
+            self._received(data, &view[0], view.shape[0])
+
+    cdef int _received(self, object owner, const uint8_t *data, Py_ssize_t n) except -1:
+        if self.closed:
+            return 0
+        self.bytes_received += n
+        if self._discarding:
+            return 0
+        self._corked = True
+        try:
+            if self.protocol is not None:
+                self.protocol.feed_c(data, n)
+            else:
+                with memoryview(owner) as view:
+                    self.listener.data_received(view[:n])
+        except Exception as exc:
+            if self.closed:
+                raise
+            self.listener.internal_error(exc)
+        finally:
+            self._corked = False
+        if not self.closed and not self._held:
+            self.flush()
+        return 0
+
+    def eof_received(self):
+        if self.closed:
+            return False
+        self._discarding = True
+        self.listener.eof_received()
+        self.close(None)
+        return False
+
+    def connection_lost(self, exc):
+        self._lost(exc)
+
+    def pause_writing(self):
+        if not self._writing_paused:
+            self._writing_paused = True
+            if not self.closed:
+                self.listener.pause_writing()
+
+    def resume_writing(self):
+        if self._writing_paused:
+            self._writing_paused = False
+            if not self.closed:
+                self.listener.resume_writing()
+
+    # ---------------------------------------------------------------- reading
+
+    def pause_reading(self):
+        if not self._reading_paused:
+            self._reading_paused = True
+            if self._transport is not None and not self.closed:
+                self._transport.pause_reading()
+
+    def resume_reading(self):
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None and not self.closed:
+                self._transport.resume_reading()
+
+    @property
+    def reading_paused(self):
+        return self._reading_paused
+
+    # ---------------------------------------------------------------- writing (Sink)
+
+    cdef int write(self, object data) except -1:
+        if self.closed or self._output_shut:
+            return 0
+        cdef Py_ssize_t size = len(data)
+        if not size:
+            return 0
+        if self._corked or self._held or self._transport is None or self._pending:
+            self._pending.append(data)
+            self._pending_size += size
+            if not (self._corked or self._held or self._transport is None):
+                self.flush()              # keep the order behind what was batched
+            return 0
+        self._handed += size
+        self._transport.write(data)
+        if self._writing_paused and self._cap >= 0:
+            self._check_cap()
+        return 0
+
+    cdef int write_frame(self, bytes header, object payload, bint masked,
+                         uint32_t key) except -1:
+        cdef uint8_t k[4]
+        cdef const uint8_t[::1] view
+        cdef Py_ssize_t n
+        cdef bytes out
+        if masked:
+            # A client's large frame: masked into a new bytes object, which asyncio may keep
+            # in its buffer for as long as the peer takes to read it.
+            view = payload
+            n = view.shape[0]
+            out = PyBytes_FromStringAndSize(NULL, n)
+            k[0] = (key >> 24) & 0xFF
+            k[1] = (key >> 16) & 0xFF
+            k[2] = (key >> 8) & 0xFF
+            k[3] = key & 0xFF
+            if n:
+                fastws_mask_copy(<uint8_t *>PyBytes_AS_STRING(out), &view[0], <size_t>n, k, 0)
+            payload = out
+        self.write(header)
+        return self.write(payload)
+
+    def write_bytes(self, data):
+        """Bytes for the peer (HTTP answers, the handshake); sent as batching allows."""
+        self.write(data)
+
+    def hold_writes(self):
+        """Keep writes batched until the loop's next round: a coroutine that a read just
+        woke will run before then, and its replies can leave with the read's."""
+        if not self._held and not self.closed:
+            self._held = True
+            self.loop.call_soon(self._release)
+
+    def _release(self):
+        self._held = False
+        if not self.closed:
+            self.flush()
+
+    def flush(self):
+        """Send what is batched now."""
+        cdef list pending = self._pending
+        transport = self._transport
+        if pending and transport is not None and not self._corked and not self.closed:
+            self._pending = []
+            self._handed += self._pending_size
+            self._pending_size = 0
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.writelines(pending)
+            if self._writing_paused and self._cap >= 0:
+                self._check_cap()
+        if self._ending and not self._pending and not self._corked:
+            self._shut_output()
+
+    cdef int _check_cap(self) except -1:
+        if (not self._overflowed and not self.closed and self._transport is not None
+                and self._transport.get_write_buffer_size() > self._cap):
+            # asyncio keeps what it was given: nothing can be dropped from its buffer, so
+            # the connection is failed (its close frame is queued behind the rest) and
+            # dropped after close_timeout at the latest.
+            self._overflowed = True
+            self.listener.write_overflow()
+        return 0
+
+    # ---------------------------------------------------------------- ending
+
+    cdef int end(self) except -1:
+        """Nothing more will be written: close once it is sent (Sink.end; see module doc)."""
+        if self._ending or self.closed:
+            return 0
+        self._ending = True
+        self._discarding = True
+        self.close_after(self.close_timeout)
+        if not self._pending and not self._corked:
+            self._shut_output()
+        return 0
+
+    def end_output(self):
+        """Sink.end() for Python callers (an HTTP answer that closes the connection)."""
+        self.end()
+
+    def close_after(self, double timeout):
+        """Close the transport after `timeout` seconds unless it closed by then."""
+        if self._close_timer is None and not self.closed:
+            self._close_timer = self.loop.call_later(timeout, self._close_timed_out)
+
+    def _close_timed_out(self):
+        self._close_timer = None
+        self.close(None)
+
+    cdef int _shut_output(self) except -1:
+        if self._output_shut or self.closed or self._transport is None:
+            return 0
+        self._output_shut = True
+        transport = self._transport
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()    # the peer's EOF must be seen
+        if self.is_client:
+            return 0                      # wait for the server to close (RFC 6455 7.1.1)
+        if not self.tls and transport.can_write_eof():
+            # Half-close once asyncio's buffer is sent, and read until the peer's EOF:
+            # closing with unread input would reset the connection and could destroy our
+            # last frames before the peer reads them.
+            transport.write_eof()
+        else:
+            transport.close()             # TLS: close_notify once the buffer is sent
+        return 0
+
+    def close(self, exc=None):
+        """Close now (unsent data is dropped) and report `connection_lost(exc)`."""
+        if self.closed:
+            return
+        if self._transport is not None:
+            self._transport.abort()
+        self._lost(exc)
+
+    def abort(self):
+        self.close(None)
+
+    cdef int _lost(self, exc) except -1:
+        if self.closed:
+            return 0
+        self.closed = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._pending = []
+        self._pending_size = 0
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            protocol.receive_eof()
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.connection_lost(exc)
+        return 0
+
+    def __repr__(self):
+        state = "closed" if self.closed else "open" if self._transport is not None else "new"
+        return f"<fastws.AsyncioTransport {state} peer={self.peername}>"

@@ -1,0 +1,247 @@
+"""`serve()` on a running asyncio loop: HTTP/1.1 and WebSocket connections for a handler
+object (the callback form) or for `async def handler(ws)` (the awaitable form).
+
+Every accepted connection is a fastws Connection over an AsyncioTransport, so it runs
+exactly as on the fastws Loop: the same handler callbacks, stages, limits, plain-HTTP
+answers and permessage-deflate. TLS is asyncio's (`ssl=` a server-side SSLContext).
+The awaitable form accepts every valid upgrade request (plain HTTP requests get 404)
+and runs the coroutine once per WebSocket, in its own task, with a `WebSocket`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Callable, Collection, Coroutine, Generator
+from types import TracebackType
+from typing import Any
+
+from .._asyncio_websocket import ConnectionClosed, WebSocket
+from ..connection import Connection
+from ..deflate import CompressionSetting, DeflateOptions, deflate_options
+from ..handler import check_handler
+from ..limits import Limits
+from ._connections import is_coroutine_handler, new_connection
+
+__all__ = ["Server", "Serving", "serve"]
+
+logger = logging.getLogger("fastws")
+
+CoroutineHandler = Callable[[WebSocket], Coroutine[Any, Any, object]]
+
+
+class _RunCoroutine:
+    """The connection handler of the awaitable form: at the upgrade, the connection's
+    handler becomes a WebSocket and the application's coroutine starts with it."""
+
+    def __init__(self, server: Server, handler: CoroutineHandler, max_queue: int | None) -> None:
+        self.server = server
+        self.handler = handler
+        self.max_queue = max_queue
+
+    def on_upgraded(self, conn: Connection) -> None:
+        ws = WebSocket(conn, max_queue=self.max_queue)
+        conn.handler = ws
+        task = conn.loop.create_task(self._run(ws))
+        self.server._tasks.add(task)
+        task.add_done_callback(self.server._tasks.discard)
+
+    async def _run(self, ws: WebSocket) -> None:
+        conn = ws.connection
+        try:
+            await self.handler(ws)
+        except ConnectionClosed:
+            pass
+        except Exception as exc:
+            logger.error("exception in the WebSocket handler of %s", conn, exc_info=exc)
+            conn.error = exc
+            conn.fail(1011, "internal error")
+        # Returning closes the connection normally (unless it is closed or closing).
+        if conn.is_open:
+            conn.close(1000, "")
+
+
+class Server:
+    """A listening asyncio server and the connections it accepted.
+
+    `close()` stops accepting, sends 1001 to every open WebSocket and drops connections
+    that are still in HTTP; `wait_closed()` waits until every connection (and, in the
+    awaitable form, every handler coroutine) has finished. `async with` does both on exit.
+    """
+
+    def __init__(self, handler: Any, limits: Limits, compression: DeflateOptions | None,
+                 origins: Collection[str | None] | None, max_queue: int | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limits = limits
+        self.compression = compression     # read by Connection.upgrade()
+        self.origins = origins             # likewise
+        self.connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Future[None] | None = None
+        self._server: asyncio.Server | None = None
+        self._closing = False
+        self.handler: Any = (_RunCoroutine(self, handler, max_queue)
+                             if is_coroutine_handler(handler) else handler)
+        check_handler(self.handler)
+
+    async def _listen(self, host: str | None, port: int, ssl: ssl_module.SSLContext | None,
+                      backlog: int, reuse_port: bool, sock: socket.socket | None) -> None:
+        timeout = self.limits.handshake_timeout
+        if sock is not None:
+            self._server = await self.loop.create_server(
+                self._new_protocol, sock=sock, ssl=ssl, backlog=backlog,
+                ssl_handshake_timeout=timeout if ssl is not None else None)
+        else:
+            self._server = await self.loop.create_server(
+                self._new_protocol, host, port, ssl=ssl, backlog=backlog,
+                reuse_port=reuse_port or None,
+                ssl_handshake_timeout=timeout if ssl is not None else None)
+        for listener in self._server.sockets:
+            self._nodelay(listener)
+
+    @staticmethod
+    def _nodelay(sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _new_protocol(self) -> asyncio.BaseProtocol:
+        conn = new_connection(self.loop, self.handler, is_client=False, limits=self.limits,
+                              server=self)
+
+        def established() -> None:
+            # Counted from asyncio's connection_made on: a failed TLS handshake never gets
+            # there (its connection ends at its handshake timeout).
+            self.connections.add(conn)
+
+        conn.start(established)
+        transport: asyncio.BaseProtocol = conn._transport
+        return transport
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        idle = self._idle
+        if idle is not None and not idle.done() and not self.connections and not self._tasks:
+            idle.set_result(None)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (useful with port 0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return str(self.sockets[0].getsockname()[0])
+
+    @property
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def close(self) -> None:
+        """Stop accepting; close every WebSocket with 1001 and every HTTP connection now."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.is_open:
+                conn.close(1001, "server shutting down")
+                conn.resume_reading()     # the peer's close frame must be read
+            elif not conn.upgraded:
+                conn.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listener and every connection (and handler coroutine) ended."""
+        if self._server is not None:
+            await self._server.wait_closed()
+        while self.connections or self._tasks:
+            self._idle = self.loop.create_future()
+            # The connections' own close timeouts bound this wait.
+            tasks = list(self._tasks)
+            if tasks:
+                await asyncio.wait([self._idle, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await self._idle
+            self._idle = None
+
+    async def serve_forever(self) -> None:
+        """Wait until the server is closed (or this coroutine is cancelled)."""
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self.port}" if self.sockets else "closed"
+        return f"<fastws.asyncio.Server {where} connections={len(self.connections)}>"
+
+
+class Serving:
+    """What serve() returns: `await` it for the Server, or `async with` it (closed on exit)."""
+
+    def __init__(self, create: Callable[[], Coroutine[Any, Any, Server]]) -> None:
+        self._create = create
+        self._server: Server | None = None
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self._create().__await__()
+
+    async def __aenter__(self) -> Server:
+        self._server = await self._create()
+        return self._server
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._server is not None
+        await self._server.__aexit__(exc_type, exc, tb)
+
+
+def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
+          ssl: ssl_module.SSLContext | None = None, sock: socket.socket | None = None,
+          backlog: int = 1024, reuse_port: bool = False, compression: CompressionSetting = True,
+          origins: Collection[str | None] | None = None, max_queue: int | None = 16,
+          **limits: Any) -> Serving:
+    """Serve HTTP/1.1 and WebSockets on the running asyncio loop (asyncio's or uvloop).
+
+    `handler` is either a handler object (on_request, on_upgraded, on_frame, on_rtt,
+    on_closed, on_pause_writing, on_resume_writing: all optional, called as on the fastws
+    Loop) or a coroutine function `async def handler(ws)`, run once per WebSocket with a
+    `WebSocket` (the awaitable form; returning closes the connection with 1000, raising
+    with 1011). `ssl`: a server-side SSLContext (wss://). `compression`, `origins` and the
+    `limits` (fields of fastws.Limits) mean what they mean for fastws.serve(). `max_queue`:
+    the awaitable form's receive queue, in messages (None: unbounded). `sock`: listen on
+    this socket instead of host:port. Port 0 picks a free port (`server.port`).
+
+    Use `server = await serve(...)` or `async with serve(...) as server:`.
+    """
+    settings = Limits().updated(limits)
+    options = deflate_options(compression, is_client=False)
+
+    async def create() -> Server:
+        server = Server(handler, settings, options, origins, max_queue)
+        await server._listen(host, port, ssl, backlog, reuse_port, sock)
+        return server
+
+    return Serving(create)
