@@ -344,18 +344,23 @@ cdef class WebSocket:
         """Start the closing handshake (unless it started) and wait until the connection
         is closed: the peer's close frame, or `close_timeout` at most. Messages received
         from then on are dropped."""
-        if not self._closed:
-            self._closing = True
-            conn = self.connection
-            conn.close(code, reason)
-            # The peer's close frame must be read, whatever the receive queue holds.
-            if self._reading_paused:
-                self._reading_paused = False
-                conn.resume_reading()
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        self.begin_close(code, reason)
         await self.wait_closed()
+
+    def begin_close(self, code=1000, reason=""):
+        """close() without waiting: send the close frame; recv() raises from now on."""
+        if self._closed:
+            return
+        conn = self.connection
+        conn.close(code, reason)          # ValueError for a code that may not be sent
+        self._closing = True
+        # The peer's close frame must be read, whatever the receive queue holds.
+        if self._reading_paused:
+            self._reading_paused = False
+            conn.resume_reading()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def wait_closed(self):
         """Wait until the connection is closed."""

@@ -1,0 +1,46 @@
+"""fastws on asyncio: echo server in the callback form or the awaitable form, compression off.
+
+python fastws_asyncio_echo.py --port P [--uvloop] [--awaitable]
+
+Callback form: a handler object whose on_frame sends every message back (the same handler
+as on the fastws Loop). Awaitable form: `async for message in ws: await ws.send(message)`.
+"""
+import argparse
+import asyncio
+
+import fastws
+import fastws.asyncio
+from fastws import Frame
+
+
+class Echo:
+    def on_frame(self, conn, frame):
+        conn.send(Frame(opcode=frame.opcode, data=frame.data))
+
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+
+async def main(host, port, awaitable):
+    handler = echo if awaitable else Echo()
+    async with fastws.asyncio.serve(handler, host, port, compression=False,
+                                    max_message_size=64 * 1024 * 1024,
+                                    max_frame_size=64 * 1024 * 1024) as server:
+        print("listening", flush=True)
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--uvloop", action="store_true")
+    ap.add_argument("--awaitable", action="store_true")
+    args = ap.parse_args()
+    if args.uvloop:
+        import uvloop
+        uvloop.run(main(args.host, args.port, args.awaitable))
+    else:
+        asyncio.run(main(args.host, args.port, args.awaitable))
