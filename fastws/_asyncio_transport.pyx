@@ -48,6 +48,9 @@ cdef bytearray _read_buffer():
     if buffer is None:
         buffer = bytearray(READ_SIZE)
         _per_thread.buffer = buffer
+        # get_buffer() hands out a memoryview: asyncio's TLS reader slices what it gets
+        # (buf[offset:]) and reads into the slice, which must not be a copy.
+        _per_thread.view = memoryview(buffer)
     return buffer
 
 
@@ -171,7 +174,8 @@ cdef class AsyncioTransport(Sink):
         return 0
 
     def get_buffer(self, Py_ssize_t sizehint):
-        return _read_buffer()
+        _read_buffer()
+        return _per_thread.view
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef bytearray buffer = _read_buffer()

@@ -67,6 +67,9 @@ def closed_exception(code, reason):
     return kind(code, reason)
 
 
+_NO_CALLBACKS = object()
+
+
 def _time_out(waiter):
     if not waiter.done():
         waiter.set_exception(TimeoutError("no message within the timeout"))
@@ -182,6 +185,9 @@ cdef class WebSocket:
                 future.set_exception(closed_exception(code, reason))
         if not self._closed_future.done():
             self._closed_future.set_result(None)
+        # The connection no longer needs us: no reference cycle between the two is left
+        # for the garbage collector (the application keeps us, we keep the connection).
+        conn.handler = _NO_CALLBACKS
 
     # ---------------------------------------------------------------- receiving
 
