@@ -28,11 +28,11 @@ from ._connection import ConnectionBase
 from ._protocol import Protocol
 from ._transport import Transport
 from .deflate import Deflate, deflate_options, negotiate_response
+from .eventloop import TimerHandle
 from .handler import Handler, check_handler
 from .handshake import HandshakeError, check_request
 from .http import HttpError, Request, Response
 from .http1 import ServerConversation
-from .eventloop import TimerHandle
 from .limits import Limits
 from .stages import AutoPong, Consolidate, Stage, StageChain
 
@@ -311,10 +311,11 @@ class Connection(ConnectionBase):
 
     # --- timers guarded like every other connection callback
 
-    def call_later(self, delay: float, callback: Callable[..., object],
-                   *args: object) -> TimerHandle:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Any:
         """Run `callback(*args)` after `delay` seconds unless the connection closed by then;
-        an exception in it fails the connection (1011) as in any handler callback."""
+        an exception in it fails the connection (1011) as in any handler callback. Returns
+        the loop's handle (a fastws.Timer, or an asyncio.TimerHandle on asyncio): `cancel()`
+        stops it."""
         return self.loop.call_later(delay, self._guarded, callback, args)
 
     def _guarded(self, callback: Callable[..., object], args: tuple[object, ...]) -> None:

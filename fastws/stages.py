@@ -21,7 +21,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._codec import CloseCode, Frame, OpCode
 from .eventloop import TimerHandle
@@ -70,8 +70,7 @@ class Stage:
     def pass_out(self, frame: Frame) -> None:
         self._pass_out(frame)
 
-    def call_later(self, delay: float, callback: Callable[..., object],
-                   *args: object) -> TimerHandle:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> Any:
         if self.conn is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a connection")
         timers = self._timers()

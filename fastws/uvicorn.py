@@ -1,4 +1,7 @@
-"""fastws as uvicorn's WebSocket implementation: `uvicorn app:app --ws fastws.uvicorn:WebSocketProtocol`.
+"""fastws as uvicorn's WebSocket implementation.
+
+    uvicorn app:app --ws fastws.uvicorn:WebSocketProtocol
+
 
 uvicorn parses the HTTP request; when it is a WebSocket upgrade, it builds the `--ws`
 class with `(config, server_state, app_state)`, calls `connection_made(transport)` and
@@ -61,8 +64,8 @@ class WebSocketProtocol(AsyncioProtocol):
         self.app = config.loaded_app
         self.app_state = app_state
         self.root_path = config.root_path
-        self.connections = server_state.connections
-        self.tasks = server_state.tasks
+        self.connections: set[Any] = server_state.connections
+        self.tasks: set[Any] = server_state.tasks
         self.default_headers = server_state.default_headers
         self.compression = DeflateOptions() if config.ws_per_message_deflate else None
         self.origins = None                      # read by Connection.upgrade()
@@ -297,7 +300,7 @@ class WebSocketProtocol(AsyncioProtocol):
     def _log(self, outcome: int | str) -> None:
         scope = self.scope or {}
         client = scope.get("client")
-        where = "%s:%d" % client if client else ""
+        where = f"{client[0]}:{client[1]}" if client else ""
         path = scope.get("path", "")
         query = scope.get("query_string", b"")
         if query:

@@ -199,9 +199,9 @@ def test_auto_ping_reports_rtt_on_asyncio(aio, transport):
     handler = Pinged()
 
     async def main():
-        async with fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl):
-                await until(lambda: len(handler.rtts) >= 3)
+        async with (fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl)):
+            await until(lambda: len(handler.rtts) >= 3)
         assert all(0 < rtt < 1 for rtt in handler.rtts)
 
     aio(main())
@@ -240,12 +240,11 @@ def test_awaitable_server_and_client_echo(aio, transport):
 
 def test_awaitable_without_compression(aio, transport):
     async def main():
-        async with fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl,
-                            compression=False) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
-                assert "sec-websocket-extensions" not in ws.response.headers
-                await ws.send("plain")
-                assert await ws.recv() == "plain"
+        async with (fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl, compression=False) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
+            assert "sec-websocket-extensions" not in ws.response.headers
+            await ws.send("plain")
+            assert await ws.recv() == "plain"
 
     aio(main())
 
@@ -297,12 +296,12 @@ def test_handler_exception_closes_with_1011(aio, transport):
         raise RuntimeError("boom")
 
     async def main():
-        async with fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
-                await ws.send("x")
-                with pytest.raises(fa.ConnectionClosedError) as raised:
-                    await ws.recv()
-                assert raised.value.code == CloseCode.INTERNAL_ERROR
+        async with (fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
+            await ws.send("x")
+            with pytest.raises(fa.ConnectionClosedError) as raised:
+                await ws.recv()
+            assert raised.value.code == CloseCode.INTERNAL_ERROR
 
     aio(main())
 
@@ -392,60 +391,60 @@ def test_client_fails_violations(aio, transport, bad, code):
 
 def test_ping_returns_rtt(aio, transport):
     async def main():
-        async with fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
-                rtts = [await ws.ping() for _ in range(3)]
-                assert all(0 < rtt < 1 for rtt in rtts)
-                assert ws.latency == rtts[-1]
-                first = asyncio.ensure_future(ws.ping(b"one"))
-                second = asyncio.ensure_future(ws.ping(b"two"))
-                assert (await first) > 0 and (await second) > 0
-                with pytest.raises(ValueError):
-                    await ws.ping(b"x" * 126)
+        async with (fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
+            rtts = [await ws.ping() for _ in range(3)]
+            assert all(0 < rtt < 1 for rtt in rtts)
+            assert ws.latency == rtts[-1]
+            first = asyncio.ensure_future(ws.ping(b"one"))
+            second = asyncio.ensure_future(ws.ping(b"two"))
+            assert (await first) > 0 and (await second) > 0
+            with pytest.raises(ValueError):
+                await ws.ping(b"x" * 126)
 
     aio(main())
 
 
 def test_recv_timeout_and_concurrent_recv(aio, transport):
     async def main():
-        async with fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
-                with pytest.raises(TimeoutError):
-                    await ws.recv(timeout=0.05)
-                waiting = asyncio.ensure_future(ws.recv())
-                await asyncio.sleep(0.01)
-                with pytest.raises(RuntimeError, match="already waiting"):
-                    await ws.recv()
-                await ws.send("after")
-                assert await waiting == "after"
+        async with (fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
+            with pytest.raises(TimeoutError):
+                await ws.recv(timeout=0.05)
+            waiting = asyncio.ensure_future(ws.recv())
+            await asyncio.sleep(0.01)
+            with pytest.raises(RuntimeError, match="already waiting"):
+                await ws.recv()
+            await ws.send("after")
+            assert await waiting == "after"
 
     aio(main())
 
 
 def test_cancelled_recv_leaves_the_connection_usable(aio, transport):
     async def main():
-        async with fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
-                for _ in range(3):
-                    blocked = asyncio.ensure_future(ws.recv())
-                    await asyncio.sleep(0.01)
-                    blocked.cancel()
-                    with pytest.raises(asyncio.CancelledError):
-                        await blocked
-                await ws.send("still here")
-                assert await ws.recv() == "still here"
-                # a message that arrives as the waiter is cancelled stays queued
+        async with (fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
+            for _ in range(3):
                 blocked = asyncio.ensure_future(ws.recv())
                 await asyncio.sleep(0.01)
-                await ws.send("queued")
-                await until(lambda: ws.queued == 1 or blocked.done())
-                if not blocked.done():
-                    blocked.cancel()
-                    assert await ws.recv() == "queued"
-                else:
-                    assert blocked.result() == "queued"
-                await ws.send("next")
-                assert await ws.recv() == "next"
+                blocked.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await blocked
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+            # a message that arrives as the waiter is cancelled stays queued
+            blocked = asyncio.ensure_future(ws.recv())
+            await asyncio.sleep(0.01)
+            await ws.send("queued")
+            await until(lambda: ws.queued == 1 or blocked.done())
+            if not blocked.done():
+                blocked.cancel()
+                assert await ws.recv() == "queued"
+            else:
+                assert blocked.result() == "queued"
+            await ws.send("next")
+            assert await ws.recv() == "next"
 
     aio(main())
 
@@ -491,20 +490,19 @@ def test_receive_queue_is_bounded_and_pauses_reading(aio, transport):
             await ws.send(str(len(messages)))
             await ws.recv()
 
-        async with fa.serve(lazy, "127.0.0.1", 0, ssl=transport.server_ssl,
-                            max_queue=4, compression=False) as server:
-            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
-                for i in range(300):
-                    await ws.send(b"%d" % i + b"." * 4000)
-                await asyncio.sleep(0.2)
-                conns = list(server.connections)
-                assert len(conns) == 1
-                queue = conns[0].handler.queued
-                # max_queue plus what one read brought (a read is at most 256 KiB)
-                assert 4 <= queue <= 4 + 256 * 1024 // 4000 + 1
-                assert conns[0]._transport.reading_paused
-                got.set_result(None)
-                assert await ws.recv() == "300"
+        async with (fa.serve(lazy, "127.0.0.1", 0, ssl=transport.server_ssl, max_queue=4, compression=False) as server,
+                    fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
+            for i in range(300):
+                await ws.send(b"%d" % i + b"." * 4000)
+            await asyncio.sleep(0.2)
+            conns = list(server.connections)
+            assert len(conns) == 1
+            queue = conns[0].handler.queued
+            # max_queue plus what one read brought (a read is at most 256 KiB)
+            assert 4 <= queue <= 4 + 256 * 1024 // 4000 + 1
+            assert conns[0]._transport.reading_paused
+            got.set_result(None)
+            assert await ws.recv() == "300"
 
     aio(main())
 

@@ -42,6 +42,9 @@ def new_connection(loop: asyncio.AbstractEventLoop, handler: Any, *, is_client: 
 def is_coroutine_handler(handler: Any) -> bool:
     """True for `async def handler(ws)` (or an object whose __call__ is one): the
     awaitable form. Any other object is a handler with on_* callbacks."""
-    return inspect.iscoroutinefunction(handler) or (
-        not inspect.isfunction(handler)
-        and inspect.iscoroutinefunction(getattr(handler, "__call__", None)))
+    if inspect.iscoroutinefunction(handler):
+        return True
+    # An object whose class defines `async def __call__`. (For a class without __call__,
+    # type(handler).__call__ is type's own, which is not a coroutine function.)
+    return not inspect.isfunction(handler) and inspect.iscoroutinefunction(
+        type(handler).__call__)
