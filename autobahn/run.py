@@ -2,6 +2,8 @@
 
     python autobahn/run.py server     # kosoku drives `python -m fastws echo`
     python autobahn/run.py client     # kosoku serves the cases to autobahn/echo_client.py
+    python autobahn/run.py uvicorn    # kosoku drives uvicorn + Starlette (asgi_echo.py) with
+                                      # --ws fastws.uvicorn:WebSocketProtocol
 
 Reports go to autobahn/reports/<mode>/ (index.json and SUMMARY.md are committed). One line
 per case group is printed; the exit status is non-zero when any case is FAILED, NON-STRICT,
@@ -88,6 +90,25 @@ def run_server_mode(args: argparse.Namespace, outdir: str) -> None:
         stop(echo)
 
 
+def run_uvicorn_mode(args: argparse.Namespace, outdir: str) -> None:
+    """The server cases against an ASGI app: uvicorn's HTTP, fastws' WebSocket protocol."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "asgi_echo:app", "--app-dir", HERE,
+                               "--host", "127.0.0.1", "--port", str(port),
+                               "--ws", "fastws.uvicorn:WebSocketProtocol",
+                               "--ws-max-size", str(64 << 20), "--log-level", "warning"],
+                              cwd=ROOT, env=env)
+    try:
+        wait_for_port(port, server)
+        subprocess.run(kosoku_command() + ["-m", "fuzzingclient", "-p", str(args.parallel),
+                                           "-o", outdir, *selection(args), f"127.0.0.1:{port}"],
+                       check=False, stdout=subprocess.DEVNULL if not args.verbose else None)
+    finally:
+        stop(server)
+
+
 def run_client_mode(args: argparse.Namespace, outdir: str) -> None:
     sys.path.insert(0, HERE)
     from echo_client import run_all
@@ -127,7 +148,8 @@ def summarize(mode: str, outdir: str, elapsed: float) -> int:
         groups[group][behaviour] += 1
         if behaviour in ("FAILED", "NON-STRICT", "UNIMPLEMENTED", "ERROR"):
             bad.append(f"{case_id} {behaviour}")
-    lines = [f"# Autobahn TestSuite, fastws as {mode}", "",
+    role = "uvicorn's WebSocket protocol (server)" if mode == "uvicorn" else mode
+    lines = [f"# Autobahn TestSuite, fastws as {role}", "",
              f"{len(results)} cases in {elapsed:.0f} s (kosoku, `python autobahn/run.py {mode}`).",
              "", "| group | " + " | ".join(BEHAVIOURS) + " |",
              "|---|" + "---|" * len(BEHAVIOURS)]
@@ -153,7 +175,7 @@ def summarize(mode: str, outdir: str, elapsed: float) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("server", "client"))
+    parser.add_argument("mode", choices=("server", "client", "uvicorn"))
     parser.add_argument("-i", "--include", action="append", help="case id or glob to run")
     parser.add_argument("-x", "--exclude", action="append", help="case id or glob to skip")
     parser.add_argument("-p", "--parallel", type=int, default=2,
@@ -166,6 +188,8 @@ def main() -> int:
     started = time.monotonic()
     if args.mode == "server":
         run_server_mode(args, outdir)
+    elif args.mode == "uvicorn":
+        run_uvicorn_mode(args, outdir)
     else:
         run_client_mode(args, outdir)
     return summarize(args.mode, outdir, time.monotonic() - started)

@@ -40,6 +40,9 @@ SCRIPTS = {
     "asyncio_codec.py": (60, "close code: 1000"),
     "build_cython_listener.py": (600, "unmasked frame -> (1002"),
     "workers.py": (60, "echo --workers 2: 20 of 20 echoed"),
+    "asyncio_awaitable.py": (60, "client: ConnectionClosed 4000 'you said bye'"),
+    "asyncio_callbacks.py": (60, "closed 1000 'got them all'"),
+    "uvicorn_fastapi.py": (60, "client: closed by the app: 4000 'bye to you too'"),
 }
 # Examples run another way (below), or built by one of SCRIPTS.
 OTHER_FILES = {"__init__.py", "upper_case.py", "cython_listener.pyx"}

@@ -60,12 +60,29 @@ def servers(build: str) -> list[dict]:
     def python_server(script: str, *options: str):
         return lambda p: [PY, f"{HERE}/servers/{script}", "--port", str(p), *options]
 
+    def uvicorn_server(ws: str):
+        # The same FastAPI app, the same uvicorn (uvloop, httptools); only --ws differs.
+        return lambda p: [PY, "-m", "uvicorn", "fastapi_echo:app", "--app-dir",
+                          f"{HERE}/servers", "--host", "127.0.0.1", "--port", str(p),
+                          "--ws", ws, "--loop", "uvloop", "--http", "httptools",
+                          "--ws-per-message-deflate", "false", "--ws-max-size",
+                          str(64 << 20), "--log-level", "warning", "--no-access-log"]
+
     return [
         {"name": "fastws", "cmd": lambda p: fastws_cmd + ["--port", str(p)], "memory": True},
         {"name": "fastws (busy-poll off)",
          "cmd": lambda p: fastws_cmd + ["--port", str(p), "--busy-poll", "0"], "memory": False},
         {"name": "fastws (2 workers)",
          "cmd": lambda p: fastws_cmd + ["--port", str(p), "--workers", "2"], "memory": False},
+        {"name": "fastws callbacks (uvloop)", "log": "fastws-asyncio-callbacks",
+         "cmd": python_server("fastws_asyncio_echo.py", "--uvloop"), "memory": True},
+        {"name": "fastws awaitable (uvloop)", "log": "fastws-asyncio-awaitable",
+         "cmd": python_server("fastws_asyncio_echo.py", "--uvloop", "--awaitable"),
+         "memory": True},
+        {"name": "uvicorn+FastAPI, --ws fastws", "log": "uvicorn-fastws",
+         "cmd": uvicorn_server("fastws.uvicorn:WebSocketProtocol"), "memory": True},
+        {"name": "uvicorn+FastAPI, --ws websockets-sansio", "log": "uvicorn-websockets-sansio",
+         "cmd": uvicorn_server("websockets-sansio"), "memory": True, "peer": True},
         {"name": "picows (asyncio)", "cmd": python_server("picows_echo.py"),
          "memory": True, "peer": True},
         {"name": "picows (uvloop)", "cmd": python_server("picows_echo.py", "--uvloop"),
@@ -77,6 +94,12 @@ def servers(build: str) -> list[dict]:
         {"name": "raw C (TCP, no WebSocket)", "cmd": lambda p: [f"{build}/rawecho", str(p)],
          "raw": True, "memory": False},
     ]
+
+
+def python_path() -> str:
+    """This tree's fastws first, whatever fastws is installed: the servers and clients run
+    from bench/echo/, where `import fastws` would otherwise find the installed one."""
+    return os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
 
 def free_port() -> int:
@@ -107,8 +130,9 @@ class Server:
         for marker, suffix in suffixes.items():
             if marker in full_name:
                 name += suffix
+        name = self.spec.get("log", name)
         self.log_path = os.path.join(self.logdir, f"{name}.log")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=python_path())
         # The child gets its own copy of the log's descriptor; ours can close at once.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.spec["cmd"](self.port), stdout=log,
@@ -262,7 +286,7 @@ def measure_idle_memory(build: str, spec: dict, logdir: str, n: int) -> dict:
 
 # --------------------------------------------------------------------------- clients
 
-CLIENTS = ["C loadgen", "fastws", "picows", "websockets"]
+CLIENTS = ["C loadgen", "fastws", "fastws_asyncio", "picows", "websockets"]
 
 
 def run_client(build: str, client: str, port: int, scenario: tuple, size: int, duration: float,
@@ -277,7 +301,8 @@ def run_client(build: str, client: str, port: int, scenario: tuple, size: int, d
                "--warmup", str(warmup)]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin(LOAD_CPU),
-                               timeout=warmup + duration + 60, cwd=f"{HERE}/clients")
+                               timeout=warmup + duration + 60, cwd=f"{HERE}/clients",
+                               env=dict(os.environ, PYTHONPATH=python_path()))
             lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
             if lines:
                 r = json.loads(lines[-1])
@@ -497,6 +522,12 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
 
 # --------------------------------------------------------------------------- main
 
+def selected(specs: list[dict], words: list[str] | None) -> list[dict]:
+    if not words:
+        return specs
+    return [s for s in specs if any(w.lower() in s["name"].lower() for w in words)]
+
+
 def outcome(run: dict) -> str:
     return "ok" if run.get("ok") else f"FAIL {run.get('error')}"
 
@@ -526,6 +557,10 @@ def main() -> None:
     ap.add_argument("--idle-conns", type=int, default=2000)
     ap.add_argument("--only", nargs="+", choices=["servers", "memory", "clients"],
                     default=["servers", "memory", "clients"])
+    ap.add_argument("--servers", nargs="+", metavar="NAME",
+                    help="run only the servers whose names contain one of these words")
+    ap.add_argument("--clients", nargs="+", metavar="NAME", choices=CLIENTS,
+                    help="run only these clients")
     ap.add_argument("--output", default=os.path.join(REPO, "bench", "RESULTS.md"))
     ap.add_argument("--from-json", metavar="FILE",
                     help="only rewrite the report from a saved results.json")
@@ -568,7 +603,7 @@ def main() -> None:
                                 "closing handshake or drain timed out")
 
     if "servers" in args.only:
-        live = [Server(spec, build) for spec in servers(build)]
+        live = [Server(spec, build) for spec in selected(servers(build), args.servers)]
         try:
             for scen in SCENARIOS:
                 for size in args.sizes:
@@ -589,7 +624,7 @@ def main() -> None:
         note_problems(server_runs, "server")
 
     if "memory" in args.only:
-        for spec in servers(build):
+        for spec in selected(servers(build), args.servers):
             if spec.get("memory"):
                 m = measure_idle_memory(build, spec, build, args.idle_conns)
                 memory.append(m)
@@ -607,7 +642,7 @@ def main() -> None:
                 for scen in CLIENT_SCENARIOS:
                     for size in args.sizes:
                         for rep in range(args.repeat):
-                            for client in CLIENTS:
+                            for client in args.clients or CLIENTS:
                                 r = run_client(build, client, server.port, scen, size,
                                                args.duration, args.warmup)
                                 r["against"] = against

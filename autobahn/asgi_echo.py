@@ -1,0 +1,24 @@
+"""The echo application Autobahn's uvicorn mode runs: Starlette under uvicorn with
+`--ws fastws.uvicorn:WebSocketProtocol` (see run.py). Every path echoes; text comes back as
+text and binary as binary, whole messages (the ASGI server reassembles fragments)."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await websocket.send_text(message["text"])
+        else:
+            await websocket.send_bytes(message["bytes"])
+
+
+app = Starlette(routes=[WebSocketRoute("/{path:path}", echo)])
