@@ -98,7 +98,11 @@ def run_uvicorn_mode(args: argparse.Namespace, outdir: str) -> None:
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "asgi_echo:app", "--app-dir", HERE,
                                "--host", "127.0.0.1", "--port", str(port),
                                "--ws", "fastws.uvicorn:WebSocketProtocol",
-                               "--ws-max-size", str(64 << 20), "--log-level", "warning"],
+                               "--ws-max-size", str(64 << 20), "--log-level", "warning",
+                               # No keepalive pings: the long compression cases (12.2.10:
+                               # 1000 x 128 KiB) outlast uvicorn's 20 s interval, and kosoku
+                               # ends a case at a ping it did not ask for.
+                               "--ws-ping-interval", "0"],
                               cwd=ROOT, env=env)
     try:
         wait_for_port(port, server)

@@ -29,10 +29,11 @@ import threading
 
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from fastws._codec cimport fastws_mask_copy
+from fastws._codec cimport FrameParser
 from fastws._protocol cimport Protocol, Sink
 
 cdef enum:
@@ -54,38 +55,37 @@ cdef bytearray _read_buffer():
     return buffer
 
 
+cdef inline Py_ssize_t _frame_end(FrameParser parser, const uint8_t *data,
+                                  Py_ssize_t n) noexcept:
+    """How many of these `n` bytes complete the frame the parser is in (its header and
+    payload; `n` when they do not). Only the length fields are read: every check is the
+    parser's, which is fed these bytes."""
+    cdef Py_ssize_t held, size, i
+    cdef uint64_t length, need
+    cdef uint8_t b1
+    if parser._payload is not None:                   # inside a frame's payload
+        need = parser._length - <uint64_t>parser._filled
+        return <Py_ssize_t>need if need < <uint64_t>n else n
+    held = parser._header_len                         # header bytes the parser holds
+    if held + n < 2:
+        return n
+    b1 = parser._header[1] if held >= 2 else data[1 - held]
+    size = 2 + (2 if (b1 & 0x7F) == 126 else 8 if (b1 & 0x7F) == 127 else 0)
+    size += 4 if b1 & 0x80 else 0
+    if held + n < size:
+        return n
+    length = b1 & 0x7F
+    if length >= 126:
+        length = 0
+        for i in range(2, 4 if (b1 & 0x7F) == 126 else 10):
+            length = (length << 8) | (parser._header[i] if i < held else data[i - held])
+    need = <uint64_t>(size - held) + length
+    return <Py_ssize_t>need if need < <uint64_t>n else n
+
+
 @cython.auto_pickle(False)
 cdef class AsyncioTransport(Sink):
     """One connection on an asyncio loop; see the module doc."""
-
-    cdef readonly object loop
-    cdef readonly bint is_client
-    cdef readonly bint closed
-    cdef readonly object peername
-    cdef readonly bint tls
-    cdef object listener
-    cdef object _transport            # the asyncio transport, once connected
-    cdef public Protocol protocol     # set at the upgrade: reads are parsed in C
-    cdef public double close_timeout
-    cdef bint _started                # the connection asked to start (start())
-    cdef bint _reading_paused
-    cdef bint _discarding             # end(): input is read only to see the peer's EOF
-    # writing
-    cdef list _pending                # batched writes (during a read, or held)
-    cdef Py_ssize_t _pending_size
-    cdef bint _corked                 # inside a read
-    cdef bint _held                   # writes wait for the loop's next round (hold_writes)
-    cdef Py_ssize_t _high_water
-    cdef Py_ssize_t _low_water
-    cdef long long _cap               # -1: no cap
-    cdef bint _writing_paused
-    cdef bint _overflowed
-    cdef unsigned long long _handed   # bytes given to the asyncio transport
-    cdef readonly unsigned long long bytes_received
-    # ending
-    cdef bint _ending
-    cdef bint _output_shut
-    cdef object _close_timer
 
     def __init__(self, loop, listener, *, bint is_client, double close_timeout=5.0):
         self.loop = loop
@@ -152,8 +152,7 @@ cdef class AsyncioTransport(Sink):
         self.peername = transport.get_extra_info("peername")
         self.tls = transport.get_extra_info("sslcontext") is not None
         transport.set_write_buffer_limits(high=self._high_water, low=self._low_water)
-        if self._reading_paused:
-            transport.pause_reading()
+        self._update_reading()
         if self._started:
             self._connection_made()
 
@@ -189,14 +188,33 @@ cdef class AsyncioTransport(Sink):
             self._received(data, &view[0], view.shape[0])
 
     cdef int _received(self, object owner, const uint8_t *data, Py_ssize_t n) except -1:
+        cdef Py_ssize_t consumed
         if self.closed:
             return 0
         self.bytes_received += n
         if self._discarding:
             return 0
+        if self._unparsed is not None:
+            # A read that was already under way when reading paused: behind the rest.
+            rest = self._unparsed[self._unparsed_pos:]
+            self._unparsed = rest + PyBytes_FromStringAndSize(<const char *>data, n)
+            self._unparsed_pos = 0
+            return 0
         self._corked = True
         try:
-            if self.protocol is not None:
+            if self.protocol is not None and self.one_message_at_a_time:
+                consumed = self._feed_messages(data, n)
+                if consumed < n and not self.closed and not self._ending:
+                    # The application has a message to handle before the protocol sees
+                    # what follows it: keep the rest, read no more until it is parsed.
+                    self._unparsed = PyBytes_FromStringAndSize(<const char *>data + consumed,
+                                                               n - consumed)
+                    self._unparsed_pos = 0
+                    self._update_reading()
+                    if not self._catch_up_scheduled:
+                        self._catch_up_scheduled = True
+                        self.loop.call_soon(self._catch_up)
+            elif self.protocol is not None:
                 self.protocol.feed_c(data, n)
             else:
                 with memoryview(owner) as view:
@@ -210,6 +228,79 @@ cdef class AsyncioTransport(Sink):
         if not self.closed and not self._held:
             self.flush()
         return 0
+
+    cdef Py_ssize_t _feed_messages(self, const uint8_t *data, Py_ssize_t n) except -1:
+        """Feed the protocol frame by frame until a message was delivered (the WebSocket
+        sets `message_delivered`); the bytes consumed."""
+        cdef Py_ssize_t pos = 0, take
+        cdef Protocol protocol = self.protocol
+        self.message_delivered = False
+        while pos < n:
+            take = _frame_end(protocol, data + pos, n - pos)
+            protocol.feed_c(data + pos, take)
+            pos += take
+            if self.message_delivered or self.closed or self._ending or self.protocol is None:
+                break
+        return pos
+
+    cdef int feed_next(self) except -1:
+        """Parse the kept bytes up to the next message (the application asks for one)."""
+        cdef bytes chunk = self._unparsed
+        cdef Py_ssize_t consumed
+        if chunk is None or self.closed or self.protocol is None:
+            return 0
+        cdef bint corked = self._corked
+        self._corked = True
+        try:
+            consumed = self._feed_messages(<const uint8_t *>PyBytes_AS_STRING(chunk)
+                                           + self._unparsed_pos,
+                                           PyBytes_GET_SIZE(chunk) - self._unparsed_pos)
+            self._unparsed_pos += consumed
+        except Exception as exc:
+            if self.closed:
+                raise
+            self.listener.internal_error(exc)
+        finally:
+            self._corked = corked
+        if self._unparsed is chunk and (self._unparsed_pos >= PyBytes_GET_SIZE(chunk)
+                                        or self._ending or self.closed):
+            self._unparsed = None
+        return self._after_parsing(corked)
+
+    cdef int feed_all(self) except -1:
+        """Parse every kept byte now (the application did not come back for them)."""
+        cdef bytes chunk = self._unparsed
+        if chunk is None or self.closed:
+            return 0
+        self._unparsed = None
+        cdef bint corked = self._corked
+        self._corked = True
+        try:
+            if self.protocol is not None:
+                self.protocol.feed_c(<const uint8_t *>PyBytes_AS_STRING(chunk) + self._unparsed_pos,
+                                     PyBytes_GET_SIZE(chunk) - self._unparsed_pos)
+        except Exception as exc:
+            if self.closed:
+                raise
+            self.listener.internal_error(exc)
+        finally:
+            self._corked = corked
+        return self._after_parsing(corked)
+
+    cdef int _after_parsing(self, bint corked) except -1:
+        if self.closed:
+            return 0
+        self._update_reading()
+        if not corked and not self._held:
+            self.flush()
+        return 0
+
+    def _catch_up(self):
+        # The loop's next round after a read that stopped at a message: the coroutine it
+        # woke has run. Whatever it did not ask for is parsed now, ahead of it, so that
+        # pings, the peer's close and the receive queue's limit work as usual.
+        self._catch_up_scheduled = False
+        self.feed_all()
 
     def eof_received(self):
         if self.closed:
@@ -237,16 +328,27 @@ cdef class AsyncioTransport(Sink):
     # ---------------------------------------------------------------- reading
 
     def pause_reading(self):
-        if not self._reading_paused:
-            self._reading_paused = True
-            if self._transport is not None and not self.closed:
-                self._transport.pause_reading()
+        self._reading_paused = True
+        self._update_reading()
 
     def resume_reading(self):
-        if self._reading_paused:
-            self._reading_paused = False
-            if self._transport is not None and not self.closed:
-                self._transport.resume_reading()
+        self._reading_paused = False
+        self._update_reading()
+
+    cdef int _update_reading(self) except -1:
+        """Tell the asyncio transport to read or not: not while the connection paused it
+        (unless its output is shut: the peer's EOF must be seen), nor while bytes already
+        read wait to be parsed."""
+        cdef bint paused = ((self._reading_paused and not self._output_shut)
+                            or self._unparsed is not None)
+        if self._transport is None or self.closed or paused == self._socket_paused:
+            return 0
+        self._socket_paused = paused
+        if paused:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+        return 0
 
     @property
     def reading_paused(self):
@@ -368,9 +470,8 @@ cdef class AsyncioTransport(Sink):
             return 0
         self._output_shut = True
         transport = self._transport
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()    # the peer's EOF must be seen
+        self._unparsed = None             # the protocol reads nothing more
+        self._update_reading()            # the peer's EOF must be seen
         if self.is_client:
             return 0                      # wait for the server to close (RFC 6455 7.1.1)
         if not self.tls and transport.can_write_eof():
@@ -402,6 +503,7 @@ cdef class AsyncioTransport(Sink):
             self._close_timer = None
         self._pending = []
         self._pending_size = 0
+        self._unparsed = None
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             protocol.receive_eof()

@@ -26,6 +26,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
+from fastws._asyncio_transport cimport AsyncioTransport
 from fastws._codec cimport OP_BINARY, OP_PONG, OP_TEXT, Frame
 
 from fastws._codec import Frame as PyFrame
@@ -85,7 +86,7 @@ cdef class WebSocket:
     cdef Py_ssize_t _resume_at
     cdef object _messages             # deque of Frames (text and binary messages)
     cdef object _waiter               # the future recv() waits on, or None
-    cdef object _transport
+    cdef AsyncioTransport _transport  # None on another transport
     cdef bint _reading_paused
     cdef bint _writing_paused
     cdef object _drained              # future send() waits on while writing is paused
@@ -103,7 +104,13 @@ cdef class WebSocket:
             raise ValueError("max_queue must be at least 1 (or None: no limit)")
         self.connection = connection
         self.loop = connection.loop
-        self._transport = connection._transport
+        transport = connection._transport
+        if isinstance(transport, AsyncioTransport):
+            self._transport = transport
+            # Messages are parsed one at a time while this coroutine keeps up with them:
+            # what it sends in answer to one leaves before anything the protocol answers
+            # to what came after it (a pong, a close, a violation's close frame).
+            self._transport.one_message_at_a_time = True
         self.max_queue = -1 if max_queue is None else max_queue
         self._resume_at = self.max_queue // 4
         self._messages = collections.deque()
@@ -152,6 +159,8 @@ cdef class WebSocket:
             return
         messages = self._messages
         messages.append(frame)
+        if self._transport is not None:
+            self._transport.message_delivered = True
         if 0 <= self.max_queue <= len(messages) and not self._reading_paused:
             self._reading_paused = True
             conn.pause_reading()
@@ -160,7 +169,8 @@ cdef class WebSocket:
             waiter.set_result(None)
             # The woken coroutine runs in the loop's next round; what it sends then
             # leaves with the replies of this read.
-            self._transport.hold_writes()
+            if self._transport is not None:
+                self._transport.hold_writes()
 
     def on_pause_writing(self, conn):
         self._writing_paused = True
@@ -213,9 +223,15 @@ cdef class WebSocket:
         Raises ConnectionClosed once the connection is closed and every message received
         before was taken. Cancelling the waiting coroutine loses nothing.
         """
-        if self._messages:
+        if self._messages or self._next():
             return self._take()
         return await self._wait(timeout)
+
+    cdef bint _next(self) except -1:
+        """Have the transport parse up to the next message already read; True if one came."""
+        if self._transport is not None:
+            self._transport.feed_next()
+        return len(self._messages) > 0
 
     async def _wait(self, timeout):
         while not self._messages:
@@ -240,7 +256,7 @@ cdef class WebSocket:
         return self
 
     async def __anext__(self):
-        if self._messages:
+        if self._messages or self._next():
             return self._take()
         try:
             return await self._wait(None)
@@ -360,6 +376,8 @@ cdef class WebSocket:
         conn = self.connection
         conn.close(code, reason)          # ValueError for a code that may not be sent
         self._closing = True
+        if self._transport is not None:
+            self._transport.feed_all()    # see what the peer sent up to its close
         # The peer's close frame must be read, whatever the receive queue holds.
         if self._reading_paused:
             self._reading_paused = False

@@ -58,9 +58,10 @@ class _RunCoroutine:
             logger.error("exception in the WebSocket handler of %s", conn, exc_info=exc)
             conn.error = exc
             conn.fail(1011, "internal error")
-        # Returning closes the connection normally (unless it is closed or closing).
+        # Returning closes the connection normally (unless it is closed or closing); the
+        # WebSocket resumes reading if its queue had paused it, to see the peer's answer.
         if conn.is_open:
-            conn.close(1000, "")
+            ws.begin_close(1000, "")
 
 
 class Server:
