@@ -27,7 +27,7 @@ cdef class AsyncioTransport(Sink):
     cdef bint message_delivered       # set by the WebSocket: stop feeding the protocol
     cdef bytes _unparsed              # the rest of a read, not yet fed to the protocol
     cdef Py_ssize_t _unparsed_pos
-    cdef bint _catch_up_scheduled
+    cdef bint _round_scheduled        # _next_round is queued on the loop
     # writing
     cdef list _pending                # batched writes (during a read, or held)
     cdef Py_ssize_t _pending_size
@@ -51,6 +51,7 @@ cdef class AsyncioTransport(Sink):
     cdef int feed_next(self) except -1
     cdef int feed_all(self) except -1
     cdef int _after_parsing(self, bint corked) except -1
+    cdef int _schedule_round(self) except -1
     cdef int _update_reading(self) except -1
     cdef int _check_cap(self) except -1
     cdef int _shut_output(self) except -1

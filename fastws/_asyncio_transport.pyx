@@ -211,9 +211,7 @@ cdef class AsyncioTransport(Sink):
                                                                n - consumed)
                     self._unparsed_pos = 0
                     self._update_reading()
-                    if not self._catch_up_scheduled:
-                        self._catch_up_scheduled = True
-                        self.loop.call_soon(self._catch_up)
+                    self._schedule_round()
             elif self.protocol is not None:
                 self.protocol.feed_c(data, n)
             else:
@@ -295,12 +293,23 @@ cdef class AsyncioTransport(Sink):
             self.flush()
         return 0
 
-    def _catch_up(self):
-        # The loop's next round after a read that stopped at a message: the coroutine it
-        # woke has run. Whatever it did not ask for is parsed now, ahead of it, so that
-        # pings, the peer's close and the receive queue's limit work as usual.
-        self._catch_up_scheduled = False
-        self.feed_all()
+    cdef int _schedule_round(self) except -1:
+        if not self._round_scheduled:
+            self._round_scheduled = True
+            self.loop.call_soon(self._next_round)
+        return 0
+
+    def _next_round(self):
+        # The loop's round after a read that woke a coroutine or stopped at a message: the
+        # coroutine has run. What it sent leaves now, together; what it did not ask for is
+        # parsed now, ahead of it, so that pings, the peer's close and the receive queue's
+        # limit work as usual.
+        self._round_scheduled = False
+        self._held = False
+        if not self.closed:
+            self.feed_all()
+        if not self.closed:
+            self.flush()
 
     def eof_received(self):
         if self.closed:
@@ -405,12 +414,7 @@ cdef class AsyncioTransport(Sink):
         woke will run before then, and its replies can leave with the read's."""
         if not self._held and not self.closed:
             self._held = True
-            self.loop.call_soon(self._release)
-
-    def _release(self):
-        self._held = False
-        if not self.closed:
-            self.flush()
+            self._schedule_round()
 
     def flush(self):
         """Send what is batched now."""

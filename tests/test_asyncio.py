@@ -600,3 +600,49 @@ def test_closed_connection_is_freed(aio, transport):
         assert ref() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("after, code", [
+    (encode_frame(3, b"", True, 0, 0x01020304), CloseCode.PROTOCOL_ERROR),        # violation
+    (encode_frame(OpCode.TEXT, b"\xff", True, 0, 0x01020304), CloseCode.INVALID_DATA),
+    (encode_frame(OpCode.CLOSE, b"\x03\xe8", True, 0, 0x01020304), CloseCode.NORMAL),  # close
+])
+def test_answers_leave_before_the_protocols_answer_to_later_input(aio, transport, after, code):
+    """Messages sent in one packet with a violation (or a close) behind them are answered
+    by the coroutine before the close frame leaves, as a synchronous server would."""
+    async def main():
+        async with fa.serve(echo, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            compression=False) as server:
+            reader, writer = await raw_open(server.port, transport)
+            writer.write(masked(OpCode.TEXT, b"first") + masked(OpCode.BINARY, b"second")
+                         + masked(OpCode.PING, b"p") + after)
+            frames = await raw_frames(reader)
+            writer.close()
+            kinds = [(f.opcode, bytes(f.data)) for f in frames if f.opcode != OpCode.PONG]
+            assert kinds[:2] == [(OpCode.TEXT, b"first"), (OpCode.BINARY, b"second")]
+            assert kinds[2][0] == OpCode.CLOSE and parse_close(kinds[2][1])[0] == code
+            assert len(kinds) == 3
+            assert [f.data for f in frames if f.opcode == OpCode.PONG] == [b"p"]
+
+    aio(main())
+
+
+def test_a_coroutine_that_does_not_read_still_answers_pings_and_closes(aio, transport):
+    """Bytes the coroutine does not ask for are parsed in the loop's next round: pings
+    are answered and the peer's close is seen although recv() is never called."""
+    async def deaf(ws):
+        await ws.wait_closed()
+
+    async def main():
+        async with fa.serve(deaf, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            compression=False) as server:
+            reader, writer = await raw_open(server.port, transport)
+            writer.write(masked(OpCode.TEXT, b"unread") + masked(OpCode.PING, b"p1"))
+            await asyncio.sleep(0.1)
+            writer.write(masked(OpCode.PING, b"p2") + masked(OpCode.CLOSE, b"\x0f\xa0bye"))
+            frames = await raw_frames(reader)
+            writer.close()
+            assert [(f.opcode, bytes(f.data)) for f in frames] == [
+                (OpCode.PONG, b"p1"), (OpCode.PONG, b"p2"), (OpCode.CLOSE, b"\x0f\xa0")]
+
+    aio(main())
