@@ -11,6 +11,7 @@ from ._protocol import Protocol, Sink
 class AsyncioTransport(Sink):
     protocol: Protocol | None
     close_timeout: float
+    one_message_at_a_time: bool
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,

@@ -11,7 +11,12 @@ pause_writing(), resume_writing(), write_overflow() and internal_error(exc).
 
 Reading: asyncio reads into a buffer this thread's transports share (`get_buffer`), and
 after the upgrade the bytes go from it straight to the Protocol's parser in C
-(`buffer_updated`): no bytes object per read and no Python call per frame. Writing: the
+(`buffer_updated`): no bytes object per read and no Python call per frame. For the
+awaitable WebSocket (`one_message_at_a_time`), the parser is fed frame by frame until a
+message is delivered; the rest of the read is kept (one copy), the socket is not read
+meanwhile, and the WebSocket asks for the next message (`feed_next`) when its coroutine
+wants one, so that its answers precede what the protocol writes for later input. What is
+still kept in the loop's next round is parsed then (`feed_all`). Writing: the
 writes made while one read is handled are batched and leave together, with one
 `transport.write()`/`writelines()`, when the read is done; a coroutine woken by that read
 can join the batch (`hold_writes`); every other write goes to the asyncio transport at once.

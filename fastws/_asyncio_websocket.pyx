@@ -7,8 +7,11 @@ the object a coroutine uses: `await ws.recv()`, `async for message in ws`, `awai
 ws.send(message)`, `await ws.ping()`, `await ws.close()`. It costs no task and no queue
 per message: a received message is the protocol's Frame, appended to a deque; a coroutine
 waiting in recv() waits on one future, woken once per read however many messages that
-read brought. When the deque holds `max_queue` messages the connection stops reading
-(TCP back-pressure to the peer) until the application has taken all but a quarter of them.
+read brought. While the coroutine keeps up, messages are parsed one at a time as it asks
+for them (see fastws._asyncio_transport): its answers leave before what the protocol
+writes for later input. When the deque holds `max_queue` messages the connection stops
+reading (TCP back-pressure to the peer) until the application has taken all but a quarter
+of them.
 
 `send()` hands the message to the protocol at once and waits only while the connection's
 write buffer is above its high-water mark. Every failure is an exception in the caller:
