@@ -490,6 +490,8 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
                   "| client | " + " | ".join(human_size(s) for s in args.sizes) + " |",
                   "|---|" + "---|" * len(args.sizes)]
             for c in CLIENTS:
+                if not any(r["client"] == c for r in runs_here):
+                    continue
                 cells = []
                 for size in args.sizes:
                     runs = [r for r in runs_here if r["client"] == c and r["scenario"] == sname
@@ -561,6 +563,8 @@ def main() -> None:
                     help="run only the servers whose names contain one of these words")
     ap.add_argument("--clients", nargs="+", metavar="NAME", choices=CLIENTS,
                     help="run only these clients")
+    ap.add_argument("--scenarios", nargs="+", choices=[s[0] for s in SCENARIOS],
+                    help="run only these scenarios")
     ap.add_argument("--output", default=os.path.join(REPO, "bench", "RESULTS.md"))
     ap.add_argument("--from-json", metavar="FILE",
                     help="only rewrite the report from a saved results.json")
@@ -605,7 +609,7 @@ def main() -> None:
     if "servers" in args.only:
         live = [Server(spec, build) for spec in selected(servers(build), args.servers)]
         try:
-            for scen in SCENARIOS:
+            for scen in [s for s in SCENARIOS if not args.scenarios or s[0] in args.scenarios]:
                 for size in args.sizes:
                     for rep in range(args.repeat):
                         for server in live:
