@@ -53,6 +53,7 @@ cdef class AsyncioTransport(Sink):
     cdef int _after_parsing(self, bint corked) except -1
     cdef int _schedule_round(self) except -1
     cdef int _update_reading(self) except -1
+    cdef int _write_pending(self) except -1
     cdef int _check_cap(self) except -1
     cdef int _shut_output(self) except -1
     cdef int _lost(self, exc) except -1

@@ -379,8 +379,13 @@ cdef class AsyncioTransport(Sink):
         if self._corked or self._held or self._transport is None or self._pending:
             self._pending.append(data)
             self._pending_size += size
-            if not (self._corked or self._held or self._transport is None):
-                self.flush()              # keep the order behind what was batched
+            if self._transport is None:
+                return 0
+            if (not (self._corked or self._held)
+                    or self._pending_size >= self._high_water):
+                # Behind what was batched (order), or a batch past the high-water mark:
+                # it leaves now, so that asyncio's water marks (pause_writing) apply.
+                self._write_pending()
             return 0
         self._handed += size
         self._transport.write(data)
@@ -423,9 +428,15 @@ cdef class AsyncioTransport(Sink):
 
     def flush(self):
         """Send what is batched now."""
+        if not self._corked:
+            self._write_pending()
+        if self._ending and not self._pending and not self._corked:
+            self._shut_output()
+
+    cdef int _write_pending(self) except -1:
         cdef list pending = self._pending
         transport = self._transport
-        if pending and transport is not None and not self._corked and not self.closed:
+        if pending and transport is not None and not self.closed:
             self._pending = []
             self._handed += self._pending_size
             self._pending_size = 0
@@ -435,8 +446,7 @@ cdef class AsyncioTransport(Sink):
                 transport.writelines(pending)
             if self._writing_paused and self._cap >= 0:
                 self._check_cap()
-        if self._ending and not self._pending and not self._corked:
-            self._shut_output()
+        return 0
 
     cdef int _check_cap(self) except -1:
         if (not self._overflowed and not self.closed and self._transport is not None

@@ -646,3 +646,73 @@ def test_a_coroutine_that_does_not_read_still_answers_pings_and_closes(aio, tran
                 (OpCode.PONG, b"p1"), (OpCode.PONG, b"p2"), (OpCode.CLOSE, b"\x0f\xa0")]
 
     aio(main())
+
+
+def test_callback_flow_control_and_write_overflow(aio, transport):
+    """The Loop's flow-control callbacks on asyncio: on_pause_writing above the high-water
+    mark, on_resume_writing once the peer reads; a handler that ignores them and passes
+    max_write_buffer fails the connection (1008) and it is dropped after close_timeout."""
+    chunk = b"q" * 65536
+
+    class Producer:
+        def __init__(self, respect):
+            self.respect = respect
+            self.events = []
+            self.sent = 0
+            self.closed = asyncio.get_running_loop().create_future()
+
+        def on_upgraded(self, conn):
+            self.produce(conn)
+
+        def produce(self, conn):
+            while conn.is_open and self.sent < 200:
+                conn.send_binary(chunk)
+                self.sent += 1
+                if self.respect and self.events[-1:] == ["pause"]:
+                    return
+
+        def on_pause_writing(self, conn):
+            self.events.append("pause")
+
+        def on_resume_writing(self, conn):
+            self.events.append("resume")
+            self.produce(conn)
+
+        def on_closed(self, conn, code, reason):
+            self.closed.set_result(code)
+
+    async def main():
+        polite = Producer(respect=True)
+        async with fa.serve(polite, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            compression=False) as server:
+            reader, writer = await raw_open(server.port, transport)
+            await asyncio.sleep(0.3)                       # the client reads nothing yet
+            # Paused (after the kernel's socket buffers filled), with 13 MiB not all queued.
+            assert polite.events[-1] == "pause" and polite.sent < 200
+            conn = next(iter(server.connections))
+            assert conn.write_buffer_size <= 256 * 1024 + 2 * len(chunk)
+            frames = await raw_frames_until(reader, 200)
+            assert len(frames) == 200 and "resume" in polite.events
+            writer.close()
+
+        rude = Producer(respect=False)
+        async with fa.serve(rude, "127.0.0.1", 0, ssl=transport.server_ssl, compression=False,
+                            max_write_buffer=1 << 20, close_timeout=0.5) as server:
+            reader, writer = await raw_open(server.port, transport)
+            assert await asyncio.wait_for(rude.closed, TIMEOUT) == CloseCode.POLICY_VIOLATION
+            assert rude.sent < 200                        # failed before all of it was queued
+            writer.close()
+
+    aio(main())
+
+
+async def raw_frames_until(reader, count):
+    """Read frames from a raw stream until `count` data frames arrived (bounded)."""
+    frames = []
+    parser = fastws.FrameParser(frames.append, expect_mask=False)
+    async with asyncio.timeout(TIMEOUT):
+        while sum(f.opcode == OpCode.BINARY for f in frames) < count:
+            data = await reader.read(65536)
+            assert data, "closed early"
+            parser.feed(data)
+    return [f for f in frames if f.opcode == OpCode.BINARY]
