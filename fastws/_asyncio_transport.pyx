@@ -265,9 +265,12 @@ cdef class AsyncioTransport(Sink):
             self.listener.internal_error(exc)
         finally:
             self._corked = corked
-        if self._unparsed is chunk and (self._unparsed_pos >= PyBytes_GET_SIZE(chunk)
-                                        or self._ending or self.closed):
-            self._unparsed = None
+        if self._unparsed is chunk:
+            if self._unparsed_pos >= PyBytes_GET_SIZE(chunk) or self._ending or self.closed:
+                self._unparsed = None
+            else:
+                # Parsed ahead in the loop's next round unless the coroutine asks first.
+                self._schedule_round()
         return self._after_parsing(corked)
 
     cdef int feed_all(self) except -1:
