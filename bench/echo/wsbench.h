@@ -237,7 +237,7 @@ static inline void hist_add(hist_t *h, uint64_t v) {
     if (v > h->max) h->max = v;
 }
 
-static void hist_merge(hist_t *into, const hist_t *from) {
+static inline void hist_merge(hist_t *into, const hist_t *from) {
     for (int i = 0; i < HIST_BUCKETS; i++) into->counts[i] += from->counts[i];
     into->n += from->n;
     into->sum += from->sum;
