@@ -73,9 +73,7 @@ class IdleConnections:
                                f"{self.error}")
 
     def close(self) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        try:
+        try:   # communicate() closes stdin: the load generator then closes every connection
             out, err = self.proc.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             self.proc.kill()
