@@ -25,7 +25,8 @@
  * pre-masked payloads (4 to 256, each masked with its own random key; the first 8 payload
  * bytes carry the message's sequence number, so no two messages in flight are alike and a
  * duplicated, lost or reordered echo is a mismatch). Messages of 16 KiB or more are not copied
- * at all: sendmsg() points at the pool. --threads T splits the connections over T threads, each
+ * at all, not even by the kernel: vmsplice() lends the pool's pages to a pipe and splice() moves
+ * them into the socket. --threads T splits the connections over T threads, each
  * with its own epoll (for runs where the load generator may use more than one core).
  * Handshakes are pipelined W at a time (--handshake-window, default 64): connect and send W
  * requests, then read the W responses, so opening thousands of connections is quick.
@@ -126,6 +127,8 @@ typedef struct {
     seg_t *q;
     unsigned qcap, qhead, qlen;
     size_t qoff;         /* bytes of q[qhead] already sent */
+    int pipe_r, pipe_w;  /* large payloads: the pipe they are spliced through (else -1) */
+    size_t in_pipe;      /* bytes in the pipe, not yet in the socket */
     int want_out;
     uint64_t next_send_seq;
     /* inbound */
@@ -212,35 +215,60 @@ static void fill(conn_t *c) {
     }
 }
 
-static void flush(conn_t *c) {
-    while (c->qlen) {
-        struct iovec iov[64];
-        int n = 0;
-        for (unsigned i = 0; i < c->qlen && n < 64; i++, n++) {
-            seg_t *s = &c->q[(c->qhead + i) % c->qcap];
-            size_t skip = i == 0 ? c->qoff : 0;
-            iov[n] = (struct iovec){(void *)(s->p + skip), s->n - skip};
-        }
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            if (errno == EINTR) continue;
-            c->w->errors++;
-            c->done = 1;
-            return;
-        }
-        size_t left = (size_t)w;
-        while (left) {
-            seg_t *s = &c->q[c->qhead];
-            size_t rest = s->n - c->qoff;
-            if (left < rest) { c->qoff += left; break; }
-            left -= rest;
-            free(s->owned);
-            c->qhead = (c->qhead + 1) % c->qcap; c->qlen--; c->qoff = 0;
-        }
+/* The queued segments from the head on, up to 64 and (with `spliced`) only those of one kind:
+ * in the pool or a slot (vmsplice) or owned by the queue (control frames: sendmsg). */
+static int gather(conn_t *c, struct iovec *iov, int spliced) {
+    int n = 0;
+    for (unsigned i = 0; i < c->qlen && n < 64; i++, n++) {
+        seg_t *s = &c->q[(c->qhead + i) % c->qcap];
+        if (spliced >= 0 && (s->owned == NULL) != spliced) break;
+        size_t skip = i == 0 ? c->qoff : 0;
+        iov[n] = (struct iovec){(void *)(s->p + skip), s->n - skip};
     }
-    int out = c->qlen > 0;
+    return n;
+}
+
+static void consumed(conn_t *c, size_t n) {
+    while (n) {
+        seg_t *s = &c->q[c->qhead];
+        size_t rest = s->n - c->qoff;
+        if (n < rest) { c->qoff += n; return; }
+        n -= rest;
+        free(s->owned);
+        c->qhead = (c->qhead + 1) % c->qcap; c->qlen--; c->qoff = 0;
+    }
+}
+
+/* Write what is queued until the socket is full. Large payloads (pipe_w >= 0) go through the
+ * connection's pipe: vmsplice() lends the pool's pages to the pipe and splice() moves them to
+ * the socket, so the kernel does not copy them on the way out (the server's recv() is the only
+ * copy). The pool never changes and a slot is rewritten only once its echo is back, that is,
+ * after the server has read it, so lending the pages is safe. */
+static void flush(conn_t *c) {
+    for (;;) {
+        struct iovec iov[64];
+        ssize_t w;
+        if (c->in_pipe) {
+            w = splice(c->pipe_r, NULL, c->fd, NULL, c->in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            if (w > 0) { c->in_pipe -= (size_t)w; continue; }
+        } else if (!c->qlen) {
+            break;
+        } else if (c->pipe_w >= 0 && c->q[c->qhead].owned == NULL) {
+            int n = gather(c, iov, 1);
+            w = vmsplice(c->pipe_w, iov, (unsigned long)n, SPLICE_F_NONBLOCK);
+            if (w > 0) { c->in_pipe += (size_t)w; consumed(c, (size_t)w); continue; }
+        } else {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)gather(c, iov, c->pipe_w >= 0 ? 0 : -1)};
+            w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+            if (w > 0) { consumed(c, (size_t)w); continue; }
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (w < 0 && errno == EINTR) continue;
+        c->w->errors++;
+        c->done = 1;
+        return;
+    }
+    int out = c->qlen > 0 || c->in_pipe > 0;
     if (out != c->want_out) set_events(c, out);
 }
 
@@ -404,6 +432,12 @@ static void init_conn(conn_t *c) {
     c->qcap = 2 * (unsigned)opt_inflight + 4;
     c->q = malloc(c->qcap * sizeof *c->q);
     c->stamps = calloc((size_t)opt_inflight, sizeof(uint64_t));
+    c->pipe_r = c->pipe_w = -1;
+    int p[2];
+    if (opt_size >= LARGE && opt_mode != MODE_IDLE && pipe2(p, O_NONBLOCK) == 0) {
+        c->pipe_r = p[0]; c->pipe_w = p[1];
+        fcntl(c->pipe_w, F_SETPIPE_SZ, 1 << 20);   /* fewer round trips; the default 64 KiB works too */
+    }
 }
 
 /* Connect every connection and handshake it, W handshakes in flight at a time. */
@@ -469,6 +503,7 @@ static void *worker_main(void *arg) {
             if (c->done) {
                 epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
+                if (c->pipe_r >= 0) { close(c->pipe_r); close(c->pipe_w); }
                 live--;
             }
         }
