@@ -398,8 +398,8 @@ static void on_readable(conn_t *c) {
 
 static struct addrinfo *server_addr;
 
-static int connect_one(void) {
-    int fd = socket(server_addr->ai_family, SOCK_STREAM, 0);
+static int connect_one(unsigned index) {
+    int fd = bench_socket(server_addr, index, 0);
     if (fd < 0) die("socket: %s", strerror(errno));
     if (connect(fd, server_addr->ai_addr, server_addr->ai_addrlen) != 0) die("connect: %s", strerror(errno));
     int one = 1;
@@ -448,7 +448,7 @@ static void open_all(conn_t *conns, uint64_t *rng) {
         for (int i = 0; i < n; i++) {
             conn_t *c = &conns[base + i];
             init_conn(c);
-            c->fd = connect_one();
+            c->fd = connect_one((unsigned)(base + i));
             if (opt_mode == MODE_RAW) continue;
             ws_handshake_make(&hs[i], rng, opt_host, opt_port, opt_path);
             if (write(c->fd, hs[i].request, (size_t)hs[i].request_len) != hs[i].request_len)
@@ -481,7 +481,8 @@ static void *worker_main(void *arg) {
                 if (!w->conns[i].done && w->conns[i].next_recv_seq < w->conns[i].next_send_seq) pending = 1;
             if (!pending || t >= phase_deadline) {
                 if (pending) w->timed_out = 1;
-                phase = 2; phase_deadline = t + 5000000000ULL;
+                /* closing handshakes: 5 s, plus 1 ms per connection for a server closing 20,000 */
+                phase = 2; phase_deadline = t + 5000000000ULL + 1000000ULL * (uint64_t)w->nconns;
                 for (int i = 0; i < w->nconns; i++) {
                     conn_t *c = &w->conns[i];
                     if (c->done) continue;

@@ -130,7 +130,8 @@ static void finish(client_t *c, int ok) {
 }
 
 static void start(client_t *c) {
-    c->fd = socket(server_addr->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    static unsigned started_count;
+    c->fd = bench_socket(server_addr, started_count++, SOCK_NONBLOCK);
     if (c->fd < 0) { fprintf(stderr, "storm: socket: %s\n", strerror(errno)); exit(1); }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
