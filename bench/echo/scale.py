@@ -110,8 +110,16 @@ def one_round(build: str, server: run.Server, args: argparse.Namespace, rep: int
     out["with_idle"] = busy_run(build, server, args)
     closed = idle.close()
     out["idle_closed"] = closed
-    out["ok"] = bool(out["alone"].get("ok") and out["with_idle"].get("ok") and closed.get("closed")
-                     and not closed.get("errors") and not closed.get("close_timeout"))
+    problems = [f"busy run {label}: {out[key].get('error') or 'failed'}"
+                for key, label in (("alone", "alone"), ("with_idle", "with idle connections"))
+                if not out[key].get("ok")]
+    if not closed.get("closed") or closed.get("errors"):
+        problems.append(f"closing the idle connections: {closed.get('errors')} error(s) "
+                        f"{closed.get('error') or ''}".strip())
+    elif closed.get("close_timeout"):
+        problems.append("closing the idle connections timed out")
+    out["error"] = "; ".join(problems)
+    out["ok"] = not problems
     return out
 
 
@@ -224,11 +232,8 @@ def main() -> None:
                           f"{r['with_idle']['msgs_per_s']:,.0f} msg/s p99 "
                           f"{r['with_idle']['lat_p99_us']:.0f} us", file=sys.stderr, flush=True)
                 else:
-                    error = r.get("error") or "; ".join(
-                        str(r[k].get("error")) for k in ("alone", "with_idle", "idle_closed")
-                        if k in r and (r[k].get("error") or r[k].get("ok") is False))
-                    problems.append(f"{server.spec['name']} #{rep}: {error or 'failed'}")
-                    print(f"#{rep} {server.spec['name']}: FAILED {error}", file=sys.stderr,
+                    problems.append(f"{server.spec['name']} #{rep}: {r['error']}")
+                    print(f"#{rep} {server.spec['name']}: FAILED {r['error']}", file=sys.stderr,
                           flush=True)
                 server.ensure(f"after round {rep}")
     finally:
