@@ -3,8 +3,8 @@
     python bench/echo/scale.py [--conns 20000] [--busy 100] [--servers fastws "picows (uvloop)"]
         [--repeat 3] [--duration 3] [--warmup 0.5] [--output FILE.md]
 
-For each server (one process pinned to CPU 0; clients pinned to CPU 1) and repeat, interleaved
-across servers:
+For each server (one process pinned to CPU 0, started afresh for every round so that its RSS
+starts clean; clients pinned to CPU 1) and repeat, interleaved across servers:
   1. `--busy` connections run ping-pong echo (1 message of 32 B in flight each) with no other
      connection open: msgs/s and the latency of each echo (p50/p99, C load generator's histogram);
   2. `--conns - --busy` idle WebSocket connections are opened (connect + handshake, 64 in
@@ -212,17 +212,18 @@ def main() -> None:
     build = tempfile.mkdtemp(prefix="fastws-scale-")
     run.build_c(build)
     specs = [s for s in run.servers(build) if s["name"] in args.servers]
-    live = [run.Server(spec, build) for spec in specs]
     rounds: list[dict] = []
     problems: list[str] = []
-    try:
-        for rep in range(args.repeat):
-            for server in live:
+    for rep in range(args.repeat):
+        for spec in specs:
+            # A fresh server each round: memory freed by the previous round's connections stays
+            # in the allocator's free lists and would hide the next round's growth of RSS.
+            server = run.Server(spec, build)
+            try:
                 try:
                     r = one_round(build, server, args, rep)
                 except RuntimeError as exc:
-                    r = {"server": server.spec["name"], "repeat": rep, "ok": False,
-                         "error": str(exc)}
+                    r = {"server": spec["name"], "repeat": rep, "ok": False, "error": str(exc)}
                 rounds.append(r)
                 if r.get("ok"):
                     print(f"#{rep} {server.spec['name']:<18} open {r['open_s']:.2f} s "
@@ -235,11 +236,12 @@ def main() -> None:
                     problems.append(f"{server.spec['name']} #{rep}: {r['error']}")
                     print(f"#{rep} {server.spec['name']}: FAILED {r['error']}", file=sys.stderr,
                           flush=True)
-                server.ensure(f"after round {rep}")
-    finally:
-        for server in live:
-            problems += [f"{server.spec['name']} {c}" for c in server.crashes]
-            server.stop()
+                if not server.alive():
+                    problems.append(f"{spec['name']} #{rep}: the server exited during the round "
+                                    f"(log in {server.log_path})")
+            finally:
+                problems += [f"{spec['name']} {c}" for c in server.crashes]
+                server.stop()
     text = report(args, rounds, problems, started, time.monotonic() - t0)
     print(text)
     if args.output:
