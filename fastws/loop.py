@@ -69,6 +69,20 @@ def _describe(callback: Callback) -> str:
     return name if isinstance(name, str) else repr(callback)
 
 
+def _registered(selector: Selector, fileobj: FileDescriptorLike) -> selectors.SelectorKey | None:
+    """The selector's key for this object's fd, or None.
+
+    Looked up by the fd number: for an object it does not know, selectors raises a KeyError
+    whose message holds the object's repr, and a socket's repr costs several system calls.
+    A closed object (fileno() == -1) is looked up by identity, as selectors does it.
+    """
+    try:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return selector.get_key(fd if fd >= 0 else fileobj)
+    except (KeyError, ValueError, OSError):
+        return None
+
+
 def _is_dead(fileobj: FileDescriptorLike) -> bool:
     """True for a closed or detached object (its fd number may since have been reused)."""
     if isinstance(fileobj, int):
@@ -278,10 +292,7 @@ class Loop:
         args: tuple[object, ...],
     ) -> None:
         selector = self._check_open()
-        try:
-            key = selector.get_key(fd)
-        except KeyError:
-            key = None
+        key = _registered(selector, fd)
         if key is not None and key.fileobj is not fd and _is_dead(key.fileobj):
             # The registered object was closed (or detached) without being removed and the kernel
             # handed its fd number to ``fd``: its callbacks are stale and must not carry over.
@@ -327,10 +338,8 @@ class Loop:
 
     def _remove(self, fd: FileDescriptorLike, event: int) -> bool:
         selector = self._check_open()
-        try:
-            key = selector.get_key(fd)
-        except (KeyError, ValueError):
-            # ValueError: a closed socket (fileno() == -1) that was registered under another object.
+        key = _registered(selector, fd)
+        if key is None:
             return False
         callbacks: FdCallbacks = key.data
         if event == _EVENT_READ:
