@@ -55,14 +55,17 @@ def connection_closed(code: int, reason: str, *,
 class InvalidStatus(HandshakeError):
     """The server answered the opening handshake with `status` instead of 101.
 
-    `response` is the whole answer (its headers and the start of its body, for the error
-    message a server may put there).
+    `http_response` is the whole answer (its headers, and its body: the error message a
+    server may put there).
     """
 
     def __init__(self, response: Response) -> None:
-        super().__init__(response.status, f"the server rejected the WebSocket handshake: "
-                         f"{response.status} {response.reason}")
-        self.response = response
+        super().__init__(response.status, f"the server answered {response.status} "
+                         f"{response.reason} instead of 101 Switching Protocols")
+        self.http_response = response
+
+    def response(self) -> Response:
+        raise RuntimeError("a client-side handshake error has no HTTP answer")
 
 
 class RedirectError(HandshakeError):

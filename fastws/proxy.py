@@ -27,6 +27,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import socksio
+from socksio.socks5 import SOCKS5State, SOCKS5UsernamePasswordReply
 
 from .exceptions import ProxyError
 from .http_parser import ResponseParser
@@ -219,7 +220,7 @@ class HttpConnect:
         assert response is not None   # a whole head completes a head-only parser
         if not 200 <= response.status < 300:
             hint = ""
-            if response.status == 407:
+            if response.status in (401, 407):     # tinyproxy answers 401 to a wrong password
                 hint = (" (wrong credentials)" if self.proxy.username is not None
                         else " (it wants credentials: http://user:password@host:port)")
             raise ProxyError(f"the proxy {self.proxy} refused to connect: {response.status} "
@@ -303,7 +304,7 @@ class SocksHandshake:
             return 8
         assert self._socks5 is not None
         state = self._socks5.state
-        if state != socksio.socks5.SOCKS5State.CLIENT_AUTHENTICATED:
+        if state != SOCKS5State.CLIENT_AUTHENTICATED:
             return 2           # the method choice, or the user name and password verdict
         buffer = self._buffer
         if len(buffer) < 5:
@@ -341,7 +342,7 @@ class SocksHandshake:
                                   + (" (is the user name right?)" if self.proxy.username else
                                      " (it may want credentials: socks5://user:password@...)"),
                                   retryable=False)
-        elif isinstance(reply, socksio.SOCKS5UsernamePasswordReply):
+        elif isinstance(reply, SOCKS5UsernamePasswordReply):
             if not reply.success:
                 raise self._error("refused the user name and password", retryable=False)
             self._send_connect()

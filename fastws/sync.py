@@ -153,6 +153,7 @@ class ClientConnection:
         """Read the socket once (waiting until `deadline`) and handle what came; False on
         timeout. Called with the read lock held."""
         sock = self.socket
+        n = 0
         while True:
             try:
                 n = sock.recv_into(self._buffer)
@@ -260,13 +261,13 @@ class ClientConnection:
             poller.register(self.socket.fileno(), select.POLLIN)
         except (OSError, ValueError):
             return
-        while self._closed is None:
+        while not self._is_closed():
             reads = self._reads
             try:
                 ready = poller.poll(1000)
             except (OSError, ValueError):
                 return
-            if self._closed is not None:
+            if self._is_closed():     # another thread may have closed it while we waited
                 return
             if not ready:
                 continue
@@ -436,6 +437,9 @@ class ClientConnection:
 
     @property
     def closed(self) -> bool:
+        return self._closed is not None
+
+    def _is_closed(self) -> bool:
         return self._closed is not None
 
     @property

@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from .client import ClientHandshake
+from .client import MAX_REDIRECTS, REDIRECT_STATUSES, ClientHandshake, redirect_target
 from .deflate import CompressionSetting, Deflate, deflate_options
 from .exceptions import InvalidStatus, RedirectError
 from .handshake import parse_ws_url
@@ -35,11 +34,8 @@ from .limits import Limits
 from .proxy import Proxy, ProxySetting, resolve_for, select_proxy, tunnel_handshake
 from .tls_layers import TLSLayers
 
-__all__ = ["MAX_REDIRECTS", "Opened", "OpenOptions", "open_websocket"]
+__all__ = ["MAX_REDIRECTS", "OpenOptions", "Opened", "open_websocket"]
 
-# Redirects followed on one opening handshake, as in websockets and browsers' order of size.
-MAX_REDIRECTS = 10
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_SIZE = 64 * 1024
 
 Stream = Any   # socket.socket | ssl.SSLSocket | TLSLayers: what the connection reads and writes
@@ -114,7 +110,7 @@ def blocking(call: Callable[[], T], stream: Stream, deadline: Deadline) -> T:
 def send_all(stream: Stream, data: bytes, deadline: Deadline) -> None:
     view = memoryview(data)
     while view:
-        sent = blocking(lambda: stream.send(view), stream, deadline)
+        sent = blocking(lambda rest=view: stream.send(rest), stream, deadline)  # type: ignore[misc]
         view = view[sent:]
 
 
@@ -177,23 +173,6 @@ def open_tunnel(proxy: Proxy, host: str, port: int, proxy_ssl: ssl_module.SSLCon
     return stream, exchange.tail
 
 
-def _redirect_target(url: str, response: Response) -> str:
-    """The ws:// or wss:// URL a 3xx answer points to (http(s) mapped to ws(s))."""
-    location = response.headers.get("location")
-    if not location:
-        raise RedirectError(0, f"the server answered {response.status} without a Location")
-    base = urlsplit(url)
-    # urljoin resolves relative references for http(s); join on that, then map back.
-    http_base = urlunsplit(("https" if base.scheme == "wss" else "http",) + tuple(base[1:]))
-    target = urlsplit(urljoin(http_base, location))
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(target.scheme.lower())
-    if scheme is None:
-        raise RedirectError(0, f"cannot follow a redirect to {location!r}: not a WebSocket URL")
-    if base.scheme == "wss" and scheme == "ws":
-        raise RedirectError(0, f"refusing a redirect from {url} to {location}: it would drop TLS")
-    return urlunsplit((scheme,) + tuple(target[1:]))
-
-
 def open_websocket(url: str, options: OpenOptions) -> Opened:
     """Open a WebSocket connection to `url` (see the module doc), following redirects."""
     deadline = Deadline(options.timeout)
@@ -218,7 +197,7 @@ def open_websocket(url: str, options: OpenOptions) -> Opened:
                 stream = _start_tls(stream, options.ssl, host, deadline)
             response = _handshake(stream, handshake, deadline)
             if response.status in REDIRECT_STATUSES:
-                url = _redirect_target(url, response)
+                url = redirect_target(url, response)
                 stream.close()
                 continue
             if response.status != 101:

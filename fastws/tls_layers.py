@@ -18,6 +18,7 @@ transport that wants to call `context.wrap_socket()` itself.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import ssl
 from typing import Any
@@ -67,13 +68,11 @@ class TLSLayers:
             try:
                 inner.obj.do_handshake()
             except ssl.SSLWantReadError:
-                self._push_down()
-                if self._backlog:
+                if self._push_down():
                     raise ssl.SSLWantWriteError("the socket's buffer is full") from None
                 self._pull_up()         # raises SSLWantReadError when nothing came
                 continue
-            self._push_down()
-            if self._backlog:
+            if self._push_down():
                 # The handshake is done but its last flight is not out yet.
                 raise ssl.SSLWantWriteError("the socket's buffer is full")
             return
@@ -134,7 +133,7 @@ class TLSLayers:
         else:
             layers[0].incoming.write(data)
         # Each layer's plaintext is the ciphertext of the one above it.
-        for lower, upper in zip(layers, layers[1:], strict=False):
+        for lower, upper in itertools.pairwise(layers):
             while True:
                 try:
                     plain = lower.obj.read(_CHUNK)
@@ -162,8 +161,7 @@ class TLSLayers:
             if size:
                 return size            # the write this call retries is out
         size = self._layers[-1].obj.write(data)
-        self._push_down()
-        if self._backlog:
+        if self._push_down():
             self._retry_size = size
             raise ssl.SSLWantWriteError("the socket's buffer is full")
         return int(size)
@@ -171,10 +169,11 @@ class TLSLayers:
     def sendall(self, data: Any) -> None:
         raise NotImplementedError("TLSLayers is non-blocking: call send() and wait for the socket")
 
-    def _push_down(self) -> None:
-        """Carry what the layers wrote down to the socket; keep what it did not take."""
+    def _push_down(self) -> bool:
+        """Carry what the layers wrote down to the socket; keep what it did not take (True
+        when some is left)."""
         layers = self._layers
-        for upper, lower in zip(reversed(layers), reversed(layers[:-1]), strict=False):
+        for lower, upper in reversed(list(itertools.pairwise(layers))):
             data = upper.outgoing.read()
             if data:
                 lower.obj.write(data)
@@ -182,6 +181,7 @@ class TLSLayers:
         if data:
             self._backlog += data
         self._flush_backlog()
+        return bool(self._backlog)
 
     def _flush_backlog(self) -> None:
         while self._backlog:
