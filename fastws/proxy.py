@@ -256,7 +256,9 @@ class SocksHandshake:
                 methods.append(socksio.SOCKS5AuthMethod.USERNAME_PASSWORD)
             self._socks5.send(socksio.SOCKS5AuthMethodsRequest(methods))
         else:
-            self._socks4 = socksio.SOCKS4Connection(user_id=(proxy.username or "").encode())
+            # socksio refuses an empty user id (SOCKS4 allows one): name ourselves instead.
+            self._socks4 = socksio.SOCKS4Connection(
+                user_id=(proxy.username or "fastws").encode())
             if proxy.scheme == "socks4a":
                 request: socksio.SOCKS4Request | socksio.SOCKS4ARequest = (
                     socksio.SOCKS4ARequest.from_address(socksio.SOCKS4Command.CONNECT,

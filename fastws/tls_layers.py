@@ -175,8 +175,10 @@ class TLSLayers:
         layers = self._layers
         for lower, upper in reversed(list(itertools.pairwise(layers))):
             data = upper.outgoing.read()
-            if data:
-                lower.obj.write(data)
+            offset = 0
+            while offset < len(data):
+                # SSLObject.write may take less than it is given (a record at a time).
+                offset += lower.obj.write(memoryview(data)[offset:])
         data = layers[0].outgoing.read()
         if data:
             self._backlog += data
