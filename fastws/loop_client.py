@@ -91,7 +91,8 @@ class Dialer:
         ssl = options.ssl
         if secure and ssl is None:
             ssl = ssl_module.create_default_context()
-        if not secure and ssl is not None:
+        if not secure and ssl is not None and options.redirects == 0:
+            # (A redirect from ws:// to wss:// uses the context.)
             raise ValueError("an SSL context was given for a ws:// URL; use wss://")
         proxy = select_proxy(options.proxy, secure=secure, host=host, port=port)
         handshake = ClientHandshake(host, port, resource, secure=secure,

@@ -177,10 +177,11 @@ def open_websocket(url: str, options: OpenOptions) -> Opened:
     """Open a WebSocket connection to `url` (see the module doc), following redirects."""
     deadline = Deadline(options.timeout)
     compression = deflate_options(options.compression, is_client=True)
+    if options.ssl is not None and not parse_ws_url(url)[0]:
+        # (A ws:// URL may still redirect to wss://, where the context is used.)
+        raise ValueError("an SSL context was given for a ws:// URL; use wss://")
     for _ in range(options.max_redirects + 1):
         secure, host, port, resource = parse_ws_url(url)
-        if not secure and options.ssl is not None:
-            raise ValueError("an SSL context was given for a ws:// URL; use wss://")
         proxy = select_proxy(options.proxy, secure=secure, host=host, port=port)
         handshake = ClientHandshake(host, port, resource, secure=secure,
                                     subprotocols=options.subprotocols, headers=options.headers,
