@@ -187,7 +187,7 @@ def test_socks_without_credentials_when_required(auth_socks, echo_server):
 def test_proxy_not_listening(echo_server, transport):
     from proxy_servers import free_port
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(ConnectionRefusedError, match="cannot connect to 127.0.0.1"):
+    with pytest.raises(ConnectionRefusedError, match=r"cannot connect to 127\.0\.0\.1"):
         fastws.sync.connect(echo_server.url, proxy=url, ssl=transport.client_ssl).open()
 
 

@@ -54,7 +54,7 @@ def test_bad_url(url):
 
 
 def test_unresolvable_host():
-    with pytest.raises(socket.gaierror, match="cannot resolve no-such-host.invalid"):
+    with pytest.raises(socket.gaierror, match=r"cannot resolve no-such-host\.invalid"):
         fastws.sync.connect("ws://no-such-host.invalid/", proxy=None).open()
 
 
