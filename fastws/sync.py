@@ -44,6 +44,7 @@ from .deflate import CompressionSetting
 from .exceptions import ConnectionClosed, connection_closed
 from .http import HeadersLike, Response
 from .limits import Limits
+from .loop import _MIN_SPIN, DEFAULT_BUSY_POLL
 from .proxy import ProxySetting
 from .reconnect import Backoff, backoff_from, is_retryable
 from .sync_open import MAX_REDIRECTS, Opened, OpenOptions, open_websocket
@@ -68,13 +69,17 @@ class ClientConnection:
     answer, `subprotocol` the subprotocol it chose.
     """
 
-    def __init__(self, opened: Opened, *, limits: Limits, max_queue: int = MAX_QUEUE) -> None:
+    def __init__(self, opened: Opened, *, limits: Limits, max_queue: int = MAX_QUEUE,
+                 busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         self.url = opened.url
         self.response: Response = opened.response
         self.subprotocol = opened.subprotocol
         self.socket = opened.stream
         self.close_timeout = limits.close_timeout
         self.max_queue = max_queue
+        # Longest poll for data before sleeping in recv() (seconds; 0: sleep at once).
+        self.busy_poll = busy_poll
+        self._spin = busy_poll
         self._tls = hasattr(self.socket, "pending")     # SSLSocket or TLSLayers
         self._protocol = Protocol(True, max_frame_size=limits.max_frame_size,
                                   max_message_size=limits.max_message_size,
@@ -155,14 +160,18 @@ class ClientConnection:
         sock = self.socket
         n = 0
         while True:
+            # Wait first: a caller that reads the socket found the queue empty, so the data
+            # is usually not there yet, and poll() costs less than a failed recv's exception.
+            if not (self._tls and sock.pending()):
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout < 0:
+                    timeout = 0
+                if not self._wait_readable(timeout):
+                    return False
             try:
                 n = sock.recv_into(self._buffer)
             except _WOULD_BLOCK:
-                timeout = None if deadline is None else deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    return False
-                self._poll_in.poll(None if timeout is None else timeout * 1000 + 1)
-                continue
+                continue          # a wake-up with nothing to read (or TLS wants more)
             except ssl_module.SSLWantWriteError:
                 # TLS needs to write before it can read on: wait for room.
                 poller = select.poll()
@@ -191,6 +200,35 @@ class ClientConnection:
                 break
             self._feed(self._view[:n])
         return True
+
+    def _wait_readable(self, timeout: float | None) -> bool:
+        """Wait for the socket to become readable: poll for up to the adaptive spin first,
+        then sleep (as the fastws Loop does: on this kind of machine a wake-up costs more
+        CPU and latency than polling for a few microseconds while answers come quickly)."""
+        poll = self._poll_in.poll
+        if poll(0):
+            return True
+        if timeout == 0:
+            return False
+        monotonic = time.monotonic
+        start = now = monotonic()
+        spin = self._spin if timeout is None else min(self._spin, timeout)
+        if spin:
+            end = start + spin
+            while now < end:
+                if poll(0):
+                    return True
+                now = monotonic()
+            if timeout is not None:
+                timeout = max(0.0, timeout - (now - start))
+        ready = poll(None if timeout is None else timeout * 1000)
+        slept = monotonic() - now
+        busy_poll = self.busy_poll
+        if ready and slept < 2.0 * busy_poll:
+            self._spin = min(max(self._spin * 2.0, _MIN_SPIN), busy_poll)
+        elif self._spin:
+            self._spin = 0.0 if self._spin < 2.0 * _MIN_SPIN else self._spin / 2.0
+        return bool(ready)
 
     def _feed(self, data: memoryview) -> None:
         """Parse received bytes: messages land in the queue (through the Inbox, in C)."""
@@ -463,10 +501,11 @@ class Connect:
     """What `connect()` returns: `with` opens one connection; `for` opens one after another
     (reconnecting with back-off); `open()` returns a connection to close yourself."""
 
-    def __init__(self, url: str, options: OpenOptions, *, max_queue: int,
+    def __init__(self, url: str, options: OpenOptions, *, max_queue: int, busy_poll: float,
                  reconnect: Backoff, on_reconnecting: Callable[[float, BaseException], object]
                  | None) -> None:
         self.url = url
+        self.busy_poll = busy_poll
         self.options = options
         self.max_queue = max_queue
         self.backoff = reconnect
@@ -476,7 +515,8 @@ class Connect:
     def open(self) -> ClientConnection:
         """Open the connection now (raises as the module doc says)."""
         opened = open_websocket(self.url, self.options)
-        return ClientConnection(opened, limits=self.options.limits, max_queue=self.max_queue)
+        return ClientConnection(opened, limits=self.options.limits, max_queue=self.max_queue,
+                                busy_poll=self.busy_poll)
 
     def __enter__(self) -> ClientConnection:
         self._connection = self.open()
@@ -526,7 +566,7 @@ def connect(url: str, *, timeout: float | None = 10.0,
             headers: HeadersLike = None, compression: CompressionSetting = True,
             proxy: ProxySetting = True, proxy_ssl: ssl_module.SSLContext | None = None,
             max_redirects: int = MAX_REDIRECTS, max_queue: int = MAX_QUEUE,
-            reconnect: bool | Backoff = True,
+            busy_poll: float = DEFAULT_BUSY_POLL, reconnect: bool | Backoff = True,
             on_reconnecting: Callable[[float, BaseException], object] | None = None,
             **limits: Any) -> Connect:
     """A blocking WebSocket client for `url` (ws:// or wss://).
@@ -541,7 +581,10 @@ def connect(url: str, *, timeout: float | None = 10.0,
     environment), None, or a proxy URL (http://, https://, socks5://, socks5h://,
     socks4://, socks4a://; credentials as user:password@), `proxy_ssl` the context for an
     https:// proxy; up to `max_redirects` 3xx answers are followed (never from wss:// to
-    ws://). `compression` offers permessage-deflate as the Loop client does; `limits` are
+    ws://). `busy_poll` (seconds, default 25 µs as the Loop's) is how long recv() polls for
+    data before it sleeps, adapted to the traffic (0: sleep at once; docs/performance.md).
+    `max_queue` bounds the messages the background thread reads ahead while the application
+    is not in recv(). `compression` offers permessage-deflate as the Loop client does; `limits` are
     fastws.Limits fields (max_message_size, close_timeout, ...). ValueError at once for an
     invalid argument.
     """
@@ -551,5 +594,7 @@ def connect(url: str, *, timeout: float | None = 10.0,
                           max_redirects=max_redirects, limits=Limits().updated(limits))
     if max_queue < 1:
         raise ValueError("max_queue must be at least 1")
-    return Connect(url, options, max_queue=max_queue, reconnect=backoff,
+    if not 0.0 <= busy_poll < float("inf"):
+        raise ValueError(f"busy_poll must be finite seconds >= 0, not {busy_poll!r}")
+    return Connect(url, options, max_queue=max_queue, busy_poll=busy_poll, reconnect=backoff,
                    on_reconnecting=on_reconnecting)
