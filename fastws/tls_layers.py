@@ -6,7 +6,8 @@ session carried inside the first, with the server's own name (SNI) and certifica
 MemoryBIOs: what the innermost layer writes is the plaintext of the layer below it, down to
 the socket; what the socket reads goes up the same way.
 
-`TLSLayers` behaves as a non-blocking SSLSocket does, which is what the fastws Loop's
+`TLSLayers` is safe to read from one thread while another sends; it behaves as a
+non-blocking SSLSocket does, which is what the fastws Loop's
 transport and the blocking client expect of a TLS socket: `recv_into` and `send` raise
 `ssl.SSLWantReadError` / `ssl.SSLWantWriteError` when the socket would block, `send`
 follows OpenSSL's rule that a write the socket could not take whole is retried with the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import itertools
 import socket
 import ssl
+import threading
 from typing import Any
 
 __all__ = ["PreparedTLS", "TLSLayers"]
@@ -48,6 +50,9 @@ class TLSLayers:
         self._backlog = b""          # encrypted bytes the socket has not taken yet
         self._retry_size = 0         # plaintext size of the write the backlog completes
         self._raw_eof = False
+        # One thread reads while another sends (the blocking client): the layers' state
+        # (and each SSLObject) is used by one at a time. Never held while waiting.
+        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- layers
 
@@ -60,6 +65,10 @@ class TLSLayers:
         return len(self._layers)
 
     def do_handshake(self) -> None:
+        with self._lock:
+            self._do_handshake()
+
+    def _do_handshake(self) -> None:
         """Run the innermost layer's handshake; raises SSLWantReadError/SSLWantWriteError
         while it needs the socket, ssl.SSLError (or a subclass) when it fails."""
         inner = self._layers[-1]
@@ -90,6 +99,10 @@ class TLSLayers:
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Decrypted bytes into `buffer`; 0 at the end of the stream (close_notify or EOF)."""
+        with self._lock:
+            return self._recv_into(buffer, nbytes)
+
+    def _recv_into(self, buffer: Any, nbytes: int) -> int:
         inner = self._layers[-1]
         if self._backlog:
             self._flush_backlog()
@@ -110,6 +123,10 @@ class TLSLayers:
 
     def pending(self) -> int:
         """Bytes buffered in the layers that the socket will not signal again."""
+        with self._lock:
+            return self._pending()
+
+    def _pending(self) -> int:
         layers = self._layers
         count = layers[-1].obj.pending()
         for layer in layers:
@@ -153,6 +170,10 @@ class TLSLayers:
 
     def send(self, data: Any, flags: int = 0) -> int:
         """Encrypt and send `data`; see the module doc for the retry rule."""
+        with self._lock:
+            return self._send(data)
+
+    def _send(self, data: Any) -> int:
         if self._backlog:
             self._flush_backlog()
             if self._backlog:

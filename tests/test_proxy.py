@@ -317,3 +317,40 @@ def test_socks5_refusal_and_socks4():
     assert socks4.receive_data(b"\x00\x5a\x00\x00\x00\x00\x00\x00")
     with pytest.raises(ValueError, match="socks4a"):
         SocksHandshake(parse_proxy("socks4://p"), "name.example", 80)
+
+
+# ---------------------------------------------------------------- the command line
+
+def _cli(*args: str, env: dict[str, str] | None = None, stdin: str = ""):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = {key: value for key, value in os.environ.items()
+                   if key.lower() not in PROXY_VARIABLES}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fastws", "client", *args], cwd=root,
+                          input=stdin, capture_output=True, text=True, timeout=30,
+                          env=environment)
+
+
+@pytest.mark.parametrize("transport", ["clear"], indirect=True)
+def test_cli_client_through_a_proxy(http_proxy, socks_proxy, echo_server):
+    result = _cli(echo_server.url, "--proxy", socks_proxy.url, stdin="one\ntwo\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "one\ntwo\n", "closed 1000\n")
+    socks_proxy.wait_tunnels(1)
+    # From the environment by default, and --no-proxy ignores it.
+    result = _cli(echo_server.url, env={"ws_proxy": http_proxy.url}, stdin="env\n")
+    assert (result.returncode, result.stdout) == (0, "env\n")
+    http_proxy.wait_tunnels(1)
+    result = _cli(echo_server.url, "--no-proxy", env={"ws_proxy": "http://127.0.0.1:9"},
+                  stdin="direct\n")
+    assert (result.returncode, result.stdout) == (0, "direct\n")
+
+
+@pytest.mark.parametrize("transport", ["clear"], indirect=True)
+def test_cli_client_proxy_refusal(auth_tinyproxy, echo_server):
+    result = _cli(echo_server.url, "--proxy", _without_credentials(auth_tinyproxy))
+    assert result.returncode == 1
+    assert "407 Proxy Authentication Required" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
