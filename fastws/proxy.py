@@ -21,17 +21,19 @@ from __future__ import annotations
 import base64
 import ipaddress
 import socket
-import urllib.request
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
-
-import socksio
-from socksio.socks5 import SOCKS5State, SOCKS5UsernamePasswordReply
 
 from .exceptions import ProxyError
 from .http_parser import ResponseParser
 from .limits import Limits
+
+if TYPE_CHECKING:
+    import socksio
+
+# urllib.request and socksio are imported when a proxy is looked for or used: importing
+# fastws stays as quick as it was (urllib.request alone costs tens of milliseconds).
 
 __all__ = [
     "HttpConnect",
@@ -126,6 +128,7 @@ def select_proxy(setting: ProxySetting, *, secure: bool, host: str, port: int) -
 
 def environment_proxy(*, secure: bool, host: str, port: int) -> str | None:
     """The proxy URL the environment (and the system) gives for a ws:// or wss:// server."""
+    import urllib.request
     if urllib.request.proxy_bypass(f"{host}:{port}"):
         return None
     proxies = urllib.request.getproxies()
@@ -241,6 +244,7 @@ class SocksHandshake:
     """
 
     def __init__(self, proxy: Proxy, host: str, port: int, *, resolved: str | None = None) -> None:
+        import socksio
         self.proxy = proxy
         self.tail = b""
         self._buffer = bytearray()
@@ -279,6 +283,7 @@ class SocksHandshake:
         return connection.data_to_send()
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> bool:
+        import socksio
         self._buffer += data
         while not self._done:
             size = self._reply_size()
@@ -302,6 +307,7 @@ class SocksHandshake:
 
     def _reply_size(self) -> int | None:
         """The length of the reply expected now, or None until enough of it is here to say."""
+        from socksio.socks5 import SOCKS5State
         if self._socks4 is not None:
             return 8
         assert self._socks5 is not None
@@ -321,6 +327,8 @@ class SocksHandshake:
         raise self._error(f"sent a reply with an unknown address type {atype}")
 
     def _on_reply(self, data: bytes) -> None:
+        import socksio
+        from socksio.socks5 import SOCKS5UsernamePasswordReply
         if self._socks4 is not None:
             reply4 = self._socks4.receive_data(data)
             if reply4.reply_code != socksio.SOCKS4ReplyCode.REQUEST_GRANTED:
@@ -355,6 +363,7 @@ class SocksHandshake:
             self._done = True
 
     def _send_connect(self) -> None:
+        import socksio
         assert self._socks5 is not None
         self._socks5.send(socksio.SOCKS5CommandRequest.from_address(
             socksio.SOCKS5Command.CONNECT, (self._address, self._port)))
