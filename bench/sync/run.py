@@ -1,4 +1,4 @@
-"""Blocking clients against the fastws server: fastws.sync, websockets.sync.client, websocket-client.
+"""Blocking clients against the fastws server: fastws.sync, websockets.sync, websocket-client.
 
     python bench/sync/run.py [--messages 1000000] [--round-trips 20000] [--repeat 3]
                              [--output bench/RESULTS.md]
@@ -119,7 +119,10 @@ def main() -> None:
         lines.append("")
     lines.append(END)
     section = "\n".join(lines) + "\n"
-    text = open(args.output).read() if os.path.exists(args.output) else ""
+    text = ""
+    if os.path.exists(args.output):
+        with open(args.output) as existing:
+            text = existing.read()
     if START in text and END in text:
         text = text[:text.index(START)] + section + text[text.index(END) + len(END) + 1:]
     else:
