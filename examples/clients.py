@@ -58,7 +58,7 @@ def reconnecting_blocking(base: str) -> None:
     def on_reconnecting(delay: float, cause: BaseException) -> None:
         print(f"  reconnecting in {delay:.2f} s: {cause}")
 
-    for ws in fastws.sync.connect(base + "/restart", proxy=None, reconnect=backoff,
+    for ws in fastws.sync.connect(base + "/restart", proxy=None, backoff=backoff,
                                   on_reconnecting=on_reconnecting):
         connections += 1
         try:

@@ -46,7 +46,7 @@ from .http import HeadersLike, Response
 from .limits import Limits
 from .loop import _MIN_SPIN, DEFAULT_BUSY_POLL
 from .proxy import ProxySetting
-from .reconnect import Backoff, backoff_from, is_retryable
+from .reconnect import Backoff, is_retryable
 from .sync_open import MAX_REDIRECTS, Opened, OpenOptions, open_websocket
 
 __all__ = ["ClientConnection", "Connect", "connect"]
@@ -502,13 +502,13 @@ class Connect:
     (reconnecting with back-off); `open()` returns a connection to close yourself."""
 
     def __init__(self, url: str, options: OpenOptions, *, max_queue: int, busy_poll: float,
-                 reconnect: Backoff, on_reconnecting: Callable[[float, BaseException], object]
+                 backoff: Backoff, on_reconnecting: Callable[[float, BaseException], object]
                  | None) -> None:
         self.url = url
         self.busy_poll = busy_poll
         self.options = options
         self.max_queue = max_queue
-        self.backoff = reconnect
+        self.backoff = backoff
         self.on_reconnecting = on_reconnecting
         self._connection: ClientConnection | None = None
 
@@ -566,15 +566,16 @@ def connect(url: str, *, timeout: float | None = 10.0,
             headers: HeadersLike = None, compression: CompressionSetting = True,
             proxy: ProxySetting = True, proxy_ssl: ssl_module.SSLContext | None = None,
             max_redirects: int = MAX_REDIRECTS, max_queue: int = MAX_QUEUE,
-            busy_poll: float = DEFAULT_BUSY_POLL, reconnect: bool | Backoff = True,
+            busy_poll: float = DEFAULT_BUSY_POLL, backoff: Backoff | None = None,
             on_reconnecting: Callable[[float, BaseException], object] | None = None,
             **limits: Any) -> Connect:
     """A blocking WebSocket client for `url` (ws:// or wss://).
 
     `with connect(url) as ws:` opens one connection (closed with 1000 at the end of the
     block, 1011 when it ends with an exception); `for ws in connect(url):` reconnects (see
-    `Connect.__iter__`; `reconnect` is its `fastws.Backoff` schedule, `on_reconnecting(delay,
-    cause)` is called before each wait); `connect(url).open()` returns a connection.
+    `Connect.__iter__`; `backoff` is its schedule, default `fastws.Backoff()`;
+    `on_reconnecting(delay, cause)` is called before each wait); `connect(url).open()`
+    returns a connection.
 
     `timeout` bounds the whole opening (TCP, proxy, TLS, handshake, redirects); `ssl`
     defaults to `ssl.create_default_context()` for wss://; `proxy` is True (from the
@@ -588,7 +589,6 @@ def connect(url: str, *, timeout: float | None = 10.0,
     fastws.Limits fields (max_message_size, close_timeout, ...). ValueError at once for an
     invalid argument.
     """
-    backoff = backoff_from(reconnect) or Backoff()
     options = OpenOptions(ssl=ssl, proxy=proxy, proxy_ssl=proxy_ssl, subprotocols=subprotocols,
                           headers=headers, compression=compression, timeout=timeout,
                           max_redirects=max_redirects, limits=Limits().updated(limits))
@@ -596,5 +596,6 @@ def connect(url: str, *, timeout: float | None = 10.0,
         raise ValueError("max_queue must be at least 1")
     if not 0.0 <= busy_poll < float("inf"):
         raise ValueError(f"busy_poll must be finite seconds >= 0, not {busy_poll!r}")
-    return Connect(url, options, max_queue=max_queue, busy_poll=busy_poll, reconnect=backoff,
+    return Connect(url, options, max_queue=max_queue, busy_poll=busy_poll,
+                   backoff=backoff if backoff is not None else Backoff(),
                    on_reconnecting=on_reconnecting)

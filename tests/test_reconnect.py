@@ -80,7 +80,7 @@ def test_blocking_client_reconnects_after_a_restart(echo_process):
             restarted.set()
 
     connections = []
-    for ws in fastws.sync.connect(echo_process.url, proxy=None, reconnect=FAST,
+    for ws in fastws.sync.connect(echo_process.url, proxy=None, backoff=FAST,
                                   on_reconnecting=on_reconnecting):
         connections.append(ws)
         ws.send(f"connection {len(connections)}")
@@ -149,7 +149,7 @@ def test_no_retry_after_403(start_server, transport, loop):
     server = start_server(Forbidden())
     waits = []
     with pytest.raises(InvalidStatus) as info:
-        for _ in fastws.sync.connect(server.url, proxy=None, reconnect=FAST,
+        for _ in fastws.sync.connect(server.url, proxy=None, backoff=FAST,
                                      on_reconnecting=lambda d, c: waits.append(d)):
             pytest.fail("a 403 never gives a connection")
     assert info.value.status == 403 and waits == [] and len(requests) == 1
