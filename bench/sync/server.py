@@ -5,7 +5,13 @@ with its sequence number, so that the client can check order and count), as fast
 client reads (it stops on on_pause_writing and goes on at on_resume_writing), then closes
 with 1000. Any other path echoes every message back (ping-pong).
 
-    python bench/sync/server.py PORT
+The flood writes each batch of 512 frames (encoded by `fastws.encode_frame`) with one
+transport write. Sent one `conn.send_binary()` at a time outside a read callback, the fastws
+server makes one send() system call per message whenever the client keeps up (its writes
+are batched only while it handles a read): the server, not the client, would then be what
+is measured. `--per-message` keeps that public path, for comparison.
+
+    python bench/sync/server.py PORT [--per-message]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import fastws
 from fastws import Frame, OpCode
 
 BATCH = 512
+PER_MESSAGE = "--per-message" in sys.argv
 
 
 class Bench:
@@ -34,10 +41,16 @@ class Bench:
     def _pump(self, conn):
         total, size, sent, _ = conn.flood
         pad = b"x" * (size - 8)
+        encode = fastws.encode_frame
         while sent < total and not conn.flood[3]:
             end = min(total, sent + BATCH)
-            for seq in range(sent, end):
-                conn.send_binary(seq.to_bytes(8, "big") + pad)
+            if PER_MESSAGE:
+                for seq in range(sent, end):
+                    conn.send_binary(seq.to_bytes(8, "big") + pad)
+            else:
+                conn._transport.write_bytes(b"".join(
+                    encode(OpCode.BINARY, seq.to_bytes(8, "big") + pad)
+                    for seq in range(sent, end)))
             sent = end
             conn.flood[2] = sent
         if sent >= total and conn.is_open:
