@@ -179,7 +179,8 @@ class Dialer:
         new = Dialer(url, self.handler, self.loop, options).dial()
         supervisor = _supervisor_of(self.handler)
         if supervisor is not None:
-            supervisor.url = url
+            if response.status in (301, 308):
+                supervisor.url = url          # moved for good: reconnect there from now on
             supervisor.current = new
         old.handler = _QUIET
 
