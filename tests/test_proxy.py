@@ -354,3 +354,37 @@ def test_cli_client_proxy_refusal(auth_tinyproxy, echo_server):
     assert result.returncode == 1
     assert "407 Proxy Authentication Required" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- a proxy that cannot help
+
+def test_proxy_cannot_reach_the_server(http_proxy, socks_proxy, loop):
+    from proxy_servers import free_port
+    url = f"ws://127.0.0.1:{free_port()}/"          # nothing listens there
+    with pytest.raises(ProxyError) as info:
+        fastws.sync.connect(url, proxy=http_proxy.url).open()
+    assert info.value.status is not None and info.value.status >= 500
+    assert info.value.retryable                     # the server may come back
+    with pytest.raises(ProxyError, match="connection refused") as info:
+        fastws.sync.connect(url, proxy=socks_proxy.url).open()
+    assert info.value.retryable
+    client = Recorder()
+    conn = fastws.connect(url, client, loop=loop, proxy=socks_proxy.url)
+    run_until(loop, lambda: client.closed)
+    assert client.closed[0][0] == 1006 and isinstance(conn.error, ProxyError)
+
+
+def test_silent_proxy_times_out(loop):
+    import socket
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(TimeoutError):
+            fastws.sync.connect("ws://127.0.0.1:1/", proxy=proxy, timeout=0.3).open()
+        client = Recorder()
+        conn = fastws.connect("ws://127.0.0.1:1/", client, loop=loop, proxy=proxy,
+                              handshake_timeout=0.3)
+        run_until(loop, lambda: client.closed)
+        assert client.closed[0] == (1006, "opening handshake timed out")
+        assert isinstance(conn.error, TimeoutError)
