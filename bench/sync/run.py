@@ -15,7 +15,8 @@ The server is pinned to CPU 0 and the client to CPU 1 (taskset), as in bench/ech
 messages per second, the client's own CPU time per message (getrusage) is reported: on a
 shared machine it moves less than the wall clock. The table replaces the section between
 the `sync-clients` markers in the output file (`sync-clients-per-message` with
---per-message; appended when absent), and the raw runs go to bench/sync/results.json (results-per-message.json).
+--per-message; appended when absent), and the raw runs go to bench/sync/results.json
+(results-per-message.json).
 """
 
 from __future__ import annotations
