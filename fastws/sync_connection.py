@@ -72,6 +72,7 @@ class ClientConnection:
         self._send_lock = threading.Lock()     # frames leave whole, in the protocol's order
         self._proto_lock = threading.Lock()    # the protocol's state
         self._reads = 0                        # socket reads by callers (the keeper backs off)
+        self._flush_wanted = False             # a reader left bytes for the send lock's holder
         self._pings: dict[bytes, tuple[threading.Event, list[float]]] = {}
         self._closed: ConnectionClosed | None = None
         self._close_requested = False
@@ -306,7 +307,8 @@ class ClientConnection:
         """Send a text message (a str) or a binary one (a bytes-like object); safe to call
         from several threads. Raises ConnectionClosed once the connection is closing."""
         protocol = self._protocol
-        with self._send_lock:
+        self._send_lock.acquire()
+        try:
             with self._proto_lock:
                 try:
                     if isinstance(message, str):
@@ -317,6 +319,8 @@ class ClientConnection:
                     raise self._closing_error() from None
                 data = protocol.data_to_send()
             self._send_bytes(data)
+        finally:
+            self._release_send()
 
     def ping(self, data: bytes | None = None, timeout: float | None = None) -> float:
         """Ping the server and wait for its pong; the round-trip time in seconds.
@@ -329,7 +333,8 @@ class ClientConnection:
         times: list[float] = []
         self._pings[payload] = (event, times)
         start = time.monotonic()
-        with self._send_lock:
+        self._send_lock.acquire()
+        try:
             with self._proto_lock:
                 try:
                     self._protocol.ping(payload)
@@ -338,6 +343,8 @@ class ClientConnection:
                     raise self._closing_error() from None
                 out = self._protocol.data_to_send()
             self._send_bytes(out)
+        finally:
+            self._release_send()
         deadline = None if timeout is None else start + timeout
         while not event.is_set():
             left = None if deadline is None else deadline - time.monotonic()
@@ -358,15 +365,33 @@ class ClientConnection:
         return times[0] - start
 
     def _flush(self) -> None:
-        """Send what the protocol wrote while reading (pongs, the close echo)."""
-        with self._send_lock:
-            with self._proto_lock:
-                data = self._protocol.data_to_send()
-            if data:
-                try:
+        """Send what the protocol wrote while reading (pongs, the close echo).
+
+        A reader never waits for the send lock: a sender may be stuck until the server
+        reads, and the server may be waiting for us to read. It leaves a note instead, and
+        whoever holds the lock sends the bytes when it releases it (`_release_send`).
+        """
+        self._flush_wanted = True
+        if self._send_lock.acquire(blocking=False):
+            self._release_send()
+
+    def _release_send(self) -> None:
+        """Release the send lock, then send what readers left in the protocol meanwhile.
+
+        The note is set before a reader tries the lock and read by every holder after it
+        released it, so bytes a reader left are never forgotten."""
+        self._send_lock.release()
+        while self._flush_wanted and self._send_lock.acquire(blocking=False):
+            try:
+                self._flush_wanted = False
+                with self._proto_lock:
+                    data = self._protocol.data_to_send()
+                if data:
                     self._send_bytes(data)
-                except ConnectionClosed:
-                    pass
+            except ConnectionClosed:
+                pass
+            finally:
+                self._send_lock.release()
 
     def _send_bytes(self, data: bytes) -> None:
         """Send it all (with the send lock held); waits while the kernel's buffer is full."""
@@ -422,15 +447,17 @@ class ClientConnection:
         received are dropped. Safe to call more than once."""
         self._close_requested = True
         if self._closed is None:
-            with self._send_lock:
+            self._send_lock.acquire()
+            try:
                 with self._proto_lock:
                     self._protocol.close(code, reason)
                     data = self._protocol.data_to_send()
                 if data:
-                    try:
-                        self._send_bytes(data)
-                    except ConnectionClosed:
-                        pass
+                    self._send_bytes(data)
+            except ConnectionClosed:
+                pass
+            finally:
+                self._release_send()
             deadline = time.monotonic() + self.close_timeout
             if self._read_lock.acquire(timeout=self.close_timeout):
                 try:

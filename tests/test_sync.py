@@ -402,3 +402,37 @@ def test_loop_client_refuses_wss_to_ws(transport, tls_servers, loop):
     assert isinstance(conn.error, RedirectError)
     assert client.closed[0][0] == 1006 and "drop TLS" in client.closed[0][1]
     assert client.upgraded == 0
+
+
+def test_recv_goes_on_while_another_thread_is_stuck_sending(start_server, transport):
+    """A send() waiting for a server that does not read never holds up recv() in another
+    thread (the reader leaves its pongs to the sender instead of waiting for the lock)."""
+    import socket as socket_module
+
+    class Slow(Recorder):
+        def on_request(self, conn, request):
+            conn.socket.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, 32 * 1024)
+            conn.upgrade(fastws.accept(request), max_message_size=None, max_frame_size=None)
+            conn.pause_reading()
+
+    server_side = Slow()
+    server = start_server(server_side)
+    big = b"z" * (8 << 20)
+    with connect(server.url, transport, compression=False) as ws:
+        ws.socket.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_SNDBUF, 32 * 1024)
+        wait_for(lambda: server_side.conns)
+        conn = server_side.conns[0]
+        sender = threading.Thread(target=ws.send, args=(big,))
+        sender.start()
+        sender.join(0.3)
+        assert sender.is_alive()                    # stuck: the server reads nothing
+        for text in ("one", "two"):
+            server.call(conn.ping, text.encode())   # answered later, by the sender
+            server.call(conn.send_text, text)
+            assert ws.recv(timeout=TIMEOUT) == text
+        server.call(conn.resume_reading)
+        sender.join(TIMEOUT * 3)
+        assert not sender.is_alive()
+        wait_for(lambda: any(f.data == big for f in server_side.frames), timeout=TIMEOUT * 3)
+        wait_for(lambda: {f.data for f in server_side.frames if f.opcode == OpCode.PONG}
+                 == {b"one", b"two"})
