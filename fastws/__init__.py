@@ -25,11 +25,20 @@ from ._version import __version__
 from .client import connect
 from .connection import Connection
 from .deflate import Deflate, DeflateOptions
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidStatus,
+    ProxyError,
+    RedirectError,
+)
 from .handler import Handler
 from .handshake import HandshakeError, accept
 from .http import Headers, HttpError, Request, Response
 from .limits import Limits
 from .loop import Loop, Timer, default_loop
+from .reconnect import Backoff
 from .server import Server, serve
 from .stages import AutoPing, AutoPong, Consolidate, Stage
 
@@ -52,9 +61,13 @@ def get_include() -> str:
 __all__ = [
     "AutoPing",
     "AutoPong",
+    "Backoff",
     "Close",
     "CloseCode",
     "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
     "Consolidate",
     "Deflate",
     "DeflateOptions",
@@ -64,11 +77,14 @@ __all__ = [
     "HandshakeError",
     "Headers",
     "HttpError",
+    "InvalidStatus",
     "Limits",
     "Loop",
     "OpCode",
     "Protocol",
     "ProtocolError",
+    "ProxyError",
+    "RedirectError",
     "Request",
     "Response",
     "Server",

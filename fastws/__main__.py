@@ -177,9 +177,11 @@ class ClientHandler:
         self._partial_line = b""
         self._polled = True      # stdin is watched by the loop (else read on call_soon)
         self._paused = False     # the write buffer is above its high water: stop reading
+        self.conn: Connection | None = None    # the latest connection (after a redirect too)
 
     def on_upgraded(self, conn: Connection) -> None:
         self.upgraded = True
+        self.conn = conn
         if not self.echo:
             self._stdin = sys.stdin.fileno()
             self._watch_stdin(conn)
@@ -242,6 +244,7 @@ class ClientHandler:
 
     def on_closed(self, conn: Connection, code: int, reason: str) -> None:
         self.code, self.reason = code, reason
+        self.conn = conn
         conn.loop.stop()
 
 
@@ -267,14 +270,15 @@ def run_client(args: argparse.Namespace) -> int:
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
     try:
         conn = fastws.connect(args.url, handler, ssl=context, loop=loop,
-                              compression=not args.no_compression, **limits)
+                              compression=not args.no_compression,
+                              proxy=None if args.no_proxy else (args.proxy or True), **limits)
     except ValueError as exc:        # the URL: a fragment, credentials, a bad port
         loop.close()
         _usage_error(args, str(exc) if args.url in str(exc) else f"{args.url!r}: {exc}")
 
     def close_gracefully(signum: int, _frame: object) -> None:
         # Ctrl-C is "I am done", as end of input is: a normal closing handshake.
-        loop.call_soon_threadsafe(conn.close, CloseCode.NORMAL)
+        loop.call_soon_threadsafe((handler.conn or conn).close, CloseCode.NORMAL)
 
     previous = {signum: signal.signal(signum, close_gracefully)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -284,7 +288,7 @@ def run_client(args: argparse.Namespace) -> int:
         loop.close()
         for signum, action in previous.items():
             signal.signal(signum, action)
-    return _report_close(args, handler, conn)
+    return _report_close(args, handler, handler.conn or conn)
 
 
 def _report_close(args: argparse.Namespace, handler: ClientHandler, conn: Connection) -> int:
@@ -395,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {_LIMITS.max_message_size})")
     client.add_argument("--no-compression", action="store_true",
                         help="do not offer permessage-deflate")
+    proxy = client.add_mutually_exclusive_group()
+    proxy.add_argument("--proxy", metavar="URL",
+                       help="connect through this proxy: http://, https://, socks5://, "
+                            "socks5h://, socks4:// (user:password@ for credentials); default: "
+                            "from the environment (wss_proxy/ws_proxy, https_proxy, http_proxy "
+                            "for ws://, all_proxy; no_proxy)")
+    proxy.add_argument("--no-proxy", action="store_true",
+                       help="connect directly, whatever the environment says")
     _add_busy_poll(client)
     return parser
 

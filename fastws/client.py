@@ -11,14 +11,11 @@ argument raises at once. `ClientHandshake` is the opening handshake itself, sans
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 import ssl as ssl_module
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from ._codec import CloseCode
 from .connection import Connection
 from .deflate import (
     EXTENSION_NAME,
@@ -29,14 +26,21 @@ from .deflate import (
     deflate_options,
     negotiate_client,
 )
+from .exceptions import InvalidStatus, RedirectError
 from .handler import check_handler
-from .handshake import check_response, client_request, format_extensions, new_key, parse_ws_url
+from .handshake import HandshakeError, check_response, client_request, format_extensions, new_key
 from .http import HeadersLike, Request, Response
 from .http_parser import ResponseParser
 from .limits import Limits
 from .loop import Loop, default_loop
+from .proxy import ProxySetting
+from .reconnect import Backoff, backoff_from
 
-__all__ = ["ClientHandshake", "connect"]
+__all__ = ["MAX_REDIRECTS", "REDIRECT_STATUSES", "ClientHandshake", "connect", "redirect_target"]
+
+# Redirects followed on one opening handshake (as websockets does).
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class ClientHandshake:
@@ -58,6 +62,8 @@ class ClientHandshake:
                                                extensions=extensions)
         self._parser = ResponseParser(max_header_size=limits.max_header_size,
                                       max_headers=limits.max_headers)
+        # Set by a client that follows redirects: called with a 3xx answer by check().
+        self.on_redirect: Callable[[Response], None] | None = None
 
     def request_bytes(self) -> bytes:
         return self.request.encode()
@@ -80,7 +86,15 @@ class ClientHandshake:
 
     def check(self, response: Response) -> tuple[str | None, Deflate | None]:
         """The subprotocol the server chose and the permessage-deflate extension agreed on;
-        HandshakeError (NegotiationError: close with 1010) when the answer is unacceptable."""
+        InvalidStatus for an answer other than 101 (a 3xx goes to `on_redirect` first, when
+        set), HandshakeError (NegotiationError: close with 1010) when the answer is
+        unacceptable."""
+        if response.status in REDIRECT_STATUSES and self.on_redirect is not None:
+            self.on_redirect(response)        # raises RedirectError when it may not be followed
+            raise HandshakeError(0, f"redirected ({response.status}) to "
+                                 f"{response.headers.get('location')}")
+        if response.status != 101:
+            raise InvalidStatus(response)
         subprotocol, extensions = check_response(response, self.key,
                                                  subprotocols=self.subprotocols,
                                                  extensions_offered=self.offer is not None)
@@ -89,9 +103,28 @@ class ClientHandshake:
         return subprotocol, negotiate_client(extensions, self.offer, self.options)
 
 
+def redirect_target(url: str, response: Response) -> str:
+    """The ws:// or wss:// URL a 3xx answer points to (http(s) mapped to ws(s))."""
+    location = response.headers.get("location")
+    if not location:
+        raise RedirectError(0, f"the server answered {response.status} without a Location")
+    base = urlsplit(url)
+    # urljoin resolves relative references for http(s); join on that, then map back.
+    http_base = urlunsplit(("https" if base.scheme == "wss" else "http",) + tuple(base[1:]))
+    target = urlsplit(urljoin(http_base, location))
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(target.scheme.lower())
+    if scheme is None:
+        raise RedirectError(0, f"cannot follow a redirect to {location!r}: not a WebSocket URL")
+    if base.scheme == "wss" and scheme == "ws":
+        raise RedirectError(0, f"refusing a redirect from {url} to {location}: it would drop TLS")
+    return urlunsplit((scheme,) + tuple(target[1:]))
+
+
 def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
             loop: Loop | None = None, subprotocols: Sequence[str] = (),
             headers: HeadersLike = None, compression: CompressionSetting = True,
+            proxy: ProxySetting = True, proxy_ssl: ssl_module.SSLContext | None = None,
+            reconnect: bool | Backoff = False, max_redirects: int = MAX_REDIRECTS,
             **limits: Any) -> Connection:
     """Start connecting to `url`; returns the Connection at once (its handshake runs on the loop).
 
@@ -103,66 +136,29 @@ def connect(url: str, handler: Any, *, ssl: ssl_module.SSLContext | None = None,
     the server accepts, the protocol compresses. An answer we cannot accept fails the
     connection: `on_closed(conn, 1010, reason)`, the cause in `conn.error`.
 
-    Raises ValueError for an invalid URL or argument; every failure to connect is reported
-    through `on_closed` instead (see the module doc).
+    `proxy`: True (the default) takes the proxy from the environment (`wss_proxy`/`ws_proxy`,
+    `https_proxy`, `http_proxy` for ws://, `all_proxy`, unless `no_proxy` names the host),
+    None connects directly, a URL names one: http://, https:// (TLS to the proxy with
+    `proxy_ssl`, default `ssl.create_default_context()`), socks5://, socks5h://, socks4://,
+    socks4a://, with `user:password@` for credentials. A proxy that refuses reports
+    `on_closed(conn, 1006, reason)` with a fastws.ProxyError (its HTTP status in `.status`)
+    in `conn.error`. Up to `max_redirects` redirects (301, 302, 303, 307, 308) are
+    followed, never from wss:// to ws://; the handler then gets the new Connection.
+
+    `reconnect` (True, or a fastws.Backoff schedule) keeps the client connected: after a
+    connection is lost or fails in a way another try may fix, and unless the application
+    closed it, `handler.on_reconnecting(conn, delay)` is called (after `on_closed`) and a new
+    connection is made after `delay` seconds (docs/clients.md).
+
+    Raises ValueError for an invalid URL, proxy URL or argument; every failure to connect
+    is reported through `on_closed` instead (see the module doc).
     """
+    from .loop_client import DialOptions, reconnecting  # it builds on this module
+
     check_handler(handler)
-    secure, host, port, resource = parse_ws_url(url)
-    if secure and ssl is None:
-        ssl = ssl_module.create_default_context()
-    if not secure and ssl is not None:
-        raise ValueError("an SSL context was given for a ws:// URL; use wss://")
-    loop = loop if loop is not None else default_loop()
-    settings = Limits().updated(limits)
-    handshake = ClientHandshake(host, port, resource, secure=secure, subprotocols=subprotocols,
-                                headers=headers, compression=deflate_options(
-                                    compression, is_client=True), limits=settings)
-    try:
-        family, type_, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM)[0]
-        error: OSError | None = None
-    except socket.gaierror as exc:
-        # Reported like a refused connection, below, with the name that did not resolve.
-        family, type_, proto, address = socket.AF_INET, socket.SOCK_STREAM, 0, None
-        words = exc.strerror or str(exc)
-        error = socket.gaierror(exc.errno, f"cannot resolve {host}: {words[:1].lower()}{words[1:]}")
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-    conn = Connection(loop, sock, handler, is_client=True, limits=settings,
-                      ssl_context=ssl if secure else None,
-                      server_hostname=host if secure else None)
-
-    def failed(exc: OSError) -> None:
-        conn.error = exc
-        conn._close_transport(CloseCode.ABNORMAL, exc.strerror or str(exc))
-
-    def connected() -> None:
-        loop.remove_writer(sock)
-        if conn.closed:
-            return
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            failed(_connect_error(err, host, port))
-            return
-        conn.start(lambda: conn._begin_client_handshake(handshake))
-
-    if error is not None or address is None:
-        loop.call_soon(failed, error)
-        return conn
-    err = sock.connect_ex(address)
-    if err in (0, errno.EISCONN):
-        loop.call_soon(connected)
-    elif err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-        loop.add_writer(sock, connected)
-    else:
-        loop.call_soon(failed, _connect_error(err, host, port))
-    return conn
-
-
-def _connect_error(err: int, host: str, port: int) -> OSError:
-    """The OSError subclass for `err` (ConnectionRefusedError, ...), naming the address."""
-    message = f"cannot connect to {host}:{port}: {os.strerror(err).lower()}"
-    return OSError(err, message)
+    options = DialOptions(ssl=ssl, subprotocols=subprotocols, headers=headers,
+                          compression=deflate_options(compression, is_client=True),
+                          limits=Limits().updated(limits), proxy=proxy, proxy_ssl=proxy_ssl,
+                          max_redirects=max_redirects)
+    return reconnecting(url, handler, loop if loop is not None else default_loop(), options,
+                        backoff_from(reconnect))

@@ -25,7 +25,7 @@ __all__ = ["CALLBACKS", "Handler", "check_handler"]
 
 CALLBACKS = frozenset({
     "on_request", "on_upgraded", "on_frame", "on_rtt", "on_closed",
-    "on_pause_writing", "on_resume_writing",
+    "on_pause_writing", "on_resume_writing", "on_reconnecting",
 })
 
 
@@ -53,6 +53,12 @@ class Handler:
     def on_closed(self, conn: Connection, code: int, reason: str) -> None:
         """The WebSocket connection is closed (reported exactly once), or a client's
         connection or handshake failed (1006, or 1015 for TLS; the cause in `conn.error`)."""
+
+    def on_reconnecting(self, conn: Connection, delay: float) -> bool | None:
+        """A client made with `connect(..., reconnect=True)` will try again in `delay`
+        seconds (called after `on_closed` of `conn`, the connection that ended or failed;
+        `conn.error` says why). Return False to stop reconnecting."""
+        return None
 
     def on_pause_writing(self, conn: Connection) -> None:
         """More than `write_high_water` bytes wait to be sent: stop producing."""

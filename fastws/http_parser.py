@@ -397,12 +397,20 @@ class RequestParser(_MessageParser):
         self._completed.append(request)
 
 
+class _HeadComplete(Exception):
+    """Raised from a callback to stop llhttp at the end of a head (ResponseParser head_only)."""
+
+
 class ResponseParser(_MessageParser):
     """Incremental client-side parser for one response (the answer to the opening handshake).
 
     `feed()` returns the response once complete: at the end of the head for a 101, at the end
     of the body otherwise (Content-Length or chunked). A response framed by the end of the
     connection is returned by `feed_eof()`. Interim 1xx responses other than 101 are skipped.
+
+    With `head_only`, the response is complete at the end of its head whatever its status:
+    the answer of an HTTP proxy to CONNECT, which has no body when it opens a tunnel (the
+    caller, which fed only the head, knows what follows it).
 
     `tail` holds the bytes after a 101 response with Upgrade and Connection headers (the first
     WebSocket frames). After any other response the connection is not reused (the handshake
@@ -411,7 +419,7 @@ class ResponseParser(_MessageParser):
     `fastws.Limits`), the status line counting against `max_header_size`.
     """
 
-    __slots__ = ("tail", "_reason", "_response", "_until_eof", "_done", "_returned")
+    __slots__ = ("tail", "_reason", "_response", "_until_eof", "_done", "_returned", "_head_only")
 
     _kind = "response"
 
@@ -421,10 +429,12 @@ class ResponseParser(_MessageParser):
         max_header_size: int = _LIMITS.max_header_size,
         max_headers: int = _LIMITS.max_headers,
         max_body_size: int = _LIMITS.max_body_size,
+        head_only: bool = False,
     ) -> None:
         super().__init__(
             httptools.HttpResponseParser(self), max_header_size, max_headers, max_body_size
         )
+        self._head_only = head_only
         self.tail = b""
         self._reason = b""
         self._response: Response | None = None
@@ -506,6 +516,10 @@ class ResponseParser(_MessageParser):
             self._reason.decode("latin-1"),
             parser.get_http_version(),
         )
+        if self._head_only:
+            # Stop llhttp here: _parse_failed ignores what it says once _done is set.
+            self._done = self._response
+            raise _HeadComplete
 
     def _complete(self) -> None:
         response = self._response

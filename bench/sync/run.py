@@ -1,0 +1,158 @@
+"""Blocking clients against the fastws server: fastws.sync, websockets.sync, websocket-client.
+
+    python bench/sync/run.py [--messages 1000000] [--round-trips 20000] [--repeat 3]
+                             [--output bench/RESULTS.md]
+
+Two tasks, each client in its own process (bench/sync/clients.py), runs interleaved
+(A B C A B C ...), medians over the repeats:
+
+* recv: 1,000,000 binary messages of 32 B pushed by the server as fast as the client reads
+  (bench/sync/server.py /flood), each checked for its sequence number;
+* ping-pong: 32 B send then recv, each echo compared, 20,000 round trips after 1,000 of
+  warm-up.
+
+The server is pinned to CPU 0 and the client to CPU 1 (taskset), as in bench/echo. Besides
+messages per second, the client's own CPU time per message (getrusage) is reported: on a
+shared machine it moves less than the wall clock. The table replaces the section between
+the `sync-clients` markers in the output file (`sync-clients-per-message` with
+--per-message; appended when absent), and the raw runs go to bench/sync/results.json
+(results-per-message.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CLIENTS = ["fastws", "websockets", "websocket-client"]
+START = "<!-- sync-clients:start -->"
+END = "<!-- sync-clients:end -->"
+
+
+def pinned(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+
+
+def run_client(client: str, task: str, port: int, n: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([*pinned(1), sys.executable, os.path.join(HERE, "clients.py"), client,
+                          task, str(port), str(n)], capture_output=True, text=True, env=env,
+                         timeout=900, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--round-trips", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--port", type=int, default=9377)
+    ap.add_argument("--output", default=os.path.join(REPO, "bench", "RESULTS.md"))
+    ap.add_argument("--per-message", action="store_true",
+                    help="the server floods one conn.send_binary() at a time (see server.py)")
+    ap.add_argument("--tasks", nargs="+", default=["recv", "pingpong"],
+                    choices=["recv", "pingpong"])
+    args = ap.parse_args()
+
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([*pinned(0), sys.executable, os.path.join(HERE, "server.py"),
+                               str(args.port), *(["--per-message"] if args.per_message else [])],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    runs: list[dict[str, float]] = []
+    started = time.time()
+    load_before = os.getloadavg()
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        for repeat in range(args.repeat):
+            order = CLIENTS[repeat % len(CLIENTS):] + CLIENTS[:repeat % len(CLIENTS)]
+            for task, n in (("recv", args.messages), ("pingpong", args.round_trips)):
+                if task not in args.tasks:
+                    continue
+                for client in order:
+                    result = run_client(client, task, args.port, n)
+                    runs.append(result)
+                    print(f"{task:9} {client:17} {result['per_second']:>12,.0f}/s  "
+                          f"{result['cpu_seconds'] / n * 1e6:6.2f} µs CPU/msg", flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    load_after = os.getloadavg()
+
+    def cell(task: str, client: str) -> tuple[float, float, float, float]:
+        rates = [r["per_second"] for r in runs if r["task"] == task and r["client"] == client]
+        cpus = [r["cpu_seconds"] / r["n"] * 1e6 for r in runs
+                if r["task"] == task and r["client"] == client]
+        return statistics.median(rates), min(rates), max(rates), statistics.median(cpus)
+
+    start, end = ((START.replace("sync-clients", "sync-clients-per-message"),
+                   END.replace("sync-clients", "sync-clients-per-message"))
+                  if args.per_message else (START, END))
+    lines = [start, "## Blocking clients" + (", per-message flood" if args.per_message else ""),
+             "",
+             f"Generated by `python bench/sync/run.py --messages {args.messages} "
+             f"--round-trips {args.round_trips} --repeat {args.repeat}"
+             f"{' --per-message' if args.per_message else ''}"
+             f"{' --tasks ' + ' '.join(args.tasks) if args.tasks != ['recv', 'pingpong'] else ''}"
+             f"` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} "
+             f"({(time.time() - started) / 60:.1f} min; load average "
+             f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on 2 cores).", "",
+             f"Versions: Python {platform.python_version()}, fastws {version('fastws')}, "
+             f"websockets {version('websockets')}, websocket-client "
+             f"{version('websocket-client')}. Server: the fastws server "
+             "(bench/sync/server.py) on CPU 0; each client in its own process on CPU 1; "
+             "compression off; runs interleaved; median (min-max) of the repeats; client CPU "
+             "is the client process's user+system time per message (getrusage), connection "
+             "set-up included.", ""]
+    flood = ("; the server sending one `conn.send_binary()` at a time (`--per-message`)"
+             if args.per_message else "")
+    for task, title in (("recv", f"receiving {args.messages:,} messages of 32 B{flood}"),
+                        ("pingpong", f"ping-pong, 32 B, {args.round_trips:,} round trips")):
+        if task not in args.tasks:
+            continue
+        best_peer = max(cell(task, c)[0] for c in CLIENTS[1:])
+        lines += [f"### {title}", "",
+                  "| client | msgs/s median (min-max) | client CPU µs/msg | vs faster peer |",
+                  "|---|---|---|---|"]
+        for client in CLIENTS:
+            median, low, high, cpu = cell(task, client)
+            lines.append(f"| {client} | {median:,.0f} ({low:,.0f}-{high:,.0f}) | {cpu:.2f} | "
+                         f"{median / best_peer:.2f}x |")
+        lines.append("")
+    lines.append(end)
+    section = "\n".join(lines) + "\n"
+    text = ""
+    if os.path.exists(args.output):
+        with open(args.output) as existing:
+            text = existing.read()
+    if start in text and end in text:
+        text = text[:text.index(start)] + section + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(args.output, "w") as out:
+        out.write(text)
+    name = "results-per-message.json" if args.per_message else "results.json"
+    with open(os.path.join(HERE, name), "w") as out:
+        json.dump({"runs": runs, "args": vars(args)}, out, indent=1)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
