@@ -15,7 +15,8 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 INCLUDE = os.path.join(HERE, "include")
 
-EXTENSIONS = ["fastws._codec", "fastws._protocol", "fastws._transport", "fastws._connection"]
+EXTENSIONS = ["fastws._codec", "fastws._protocol", "fastws._transport", "fastws._connection",
+              "fastws._fanout"]
 
 
 def extension(name: str) -> Extension:

@@ -32,6 +32,8 @@ from .limits import Limits
 from .loop import Loop, Timer, default_loop
 from .server import Server, serve
 from .stages import AutoPing, AutoPong, Consolidate, Stage
+from .topics import SlowConsumers, Topics, broadcast
+from .backplane import RedisPubSub
 
 
 def get_include() -> str:
@@ -69,15 +71,19 @@ __all__ = [
     "OpCode",
     "Protocol",
     "ProtocolError",
+    "RedisPubSub",
     "Request",
     "Response",
     "Server",
+    "SlowConsumers",
     "Stage",
     "State",
     "Timer",
+    "Topics",
     "Utf8Validator",
     "__version__",
     "accept",
+    "broadcast",
     "close_payload",
     "connect",
     "default_loop",

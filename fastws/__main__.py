@@ -156,7 +156,7 @@ def run_echo(args: argparse.Namespace) -> int:
         wait_for_connections()
 
     def wait_for_connections() -> None:
-        if server.connections and loop.time() < deadline:
+        if server.all_connections and loop.time() < deadline:
             loop.call_later(0.02, wait_for_connections)
         else:
             loop.stop()

@@ -141,6 +141,7 @@ cdef class Transport(Sink):
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
     cdef bint _corked                 # inside a read: writes are batched
+    cdef bint _held                   # a broadcast batches writes until release()
     cdef bint _eager                  # the next write leaves at once
     cdef bint _writer_registered
     cdef bint _writing_paused
@@ -392,12 +393,30 @@ cdef class Transport(Sink):
             if self._eager or over_cap:
                 self._eager = False
                 self._send()
-        elif over_cap or not self._writer_registered:
+        elif over_cap or not (self._writer_registered or self._held):
             self._send()
         if self._size > self._high_water and not self._writing_paused and not self.closed:
             self._writing_paused = True
             self.listener.pause_writing()
         return 0
+
+    cdef int hold(self) except -1:
+        # Sink.hold: writes wait for release() (fastws._fanout releases every sink a
+        # broadcast held, once per loop iteration: one send per socket for all its frames).
+        if self._held or self.closed:
+            return 0
+        self._held = True
+        return 1
+
+    cdef int release(self) except -1:
+        if self._held:
+            self._held = False
+            if not self.closed:
+                self.flush()
+        return 0
+
+    cdef Py_ssize_t unsent(self):
+        return self._size
 
     def flush(self):
         """Send what is queued now (writes made during a read are flushed after it)."""
