@@ -40,6 +40,7 @@ SCRIPTS = {
     "asyncio_codec.py": (60, "close code: 1000"),
     "build_cython_listener.py": (600, "unmasked frame -> (1002"),
     "workers.py": (60, "echo --workers 2: 20 of 20 echoed"),
+    "topics.py": (60, "messages compressed once for everyone: 2"),
 }
 # Examples run another way (below), or built by one of SCRIPTS.
 OTHER_FILES = {"__init__.py", "upper_case.py", "cython_listener.pyx"}
