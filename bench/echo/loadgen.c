@@ -12,6 +12,13 @@
  * raw:  the same without handshake or framing: SIZE bytes out, the same SIZE bytes back.
  * idle: opens N connections and handshakes them, prints {"ready": ...} and holds them until
  *       stdin reaches EOF (or SIGTERM), then closes them.
+ * fanout: a broadcast server's subscribers and its publisher. N subscriber connections to
+ *       --path, one publisher connection to --pub-path. The publisher sends binary messages
+ *       of SIZE (>= 16) bytes: a sequence number, its send time, then the pattern; it keeps
+ *       at most K messages in flight, a message being done when every subscriber has it.
+ *       Each subscriber checks that it gets every message once, in order, byte for byte
+ *       (a gap, a duplicate or a difference is a mismatch). Reports deliveries per second
+ *       and the publish-to-delivery latency (p50/p99 over every delivery).
  *
  * After WARMUP seconds the counters are reset and messages completed during DURATION seconds are
  * counted. Then sending stops, in-flight messages are drained, and each connection is closed with
@@ -145,9 +152,9 @@ static void die(const char *fmt, const char *arg) {
     exit(1);
 }
 
-enum { MODE_WS, MODE_RAW, MODE_IDLE };
+enum { MODE_WS, MODE_RAW, MODE_IDLE, MODE_FANOUT };
 
-static const char *opt_host = "127.0.0.1", *opt_path = "/";
+static const char *opt_host = "127.0.0.1", *opt_path = "/", *opt_pub_path = "/pub";
 static int opt_port = 0, opt_mode = MODE_WS, opt_conns = 1, opt_inflight = 1;
 static size_t opt_size = 32;
 static double opt_duration = 2.0, opt_warmup = 0.5;
@@ -231,7 +238,7 @@ static int connect_one(void) {
 }
 
 /* Blocking handshake; bytes after the response head are left in c->rbuf. */
-static void handshake(conn_t *c) {
+static void handshake(conn_t *c, const char *path) {
     uint8_t raw[16];
     char key[32], req[1024], expect[64];
     for (int i = 0; i < 16; i++) raw[i] = (uint8_t)rng();
@@ -239,7 +246,7 @@ static void handshake(conn_t *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     opt_path, opt_host, opt_port, key);
+                     path, opt_host, opt_port, key);
     if (write(c->fd, req, n) != n) die("handshake write failed: %s", strerror(errno));
     sha1_ctx s;
     uint8_t dig[20];
@@ -377,8 +384,93 @@ static void message_done(conn_t *c) {
     }
 }
 
+/* ------------------------------------------------------------------ fan-out */
+
+static conn_t *pub;                 /* the publisher (fanout mode): conns[opt_conns] */
+static uint64_t fan_sent, fan_done; /* messages sent; messages every subscriber has */
+static uint32_t *fan_left;          /* per ring slot (seq % inflight): subscribers still to get it */
+static uint64_t *fan_stamp;         /* per ring slot: send time */
+/* Latency histogram: 1 us buckets up to 100 ms, then 1 ms buckets up to 100 s. */
+#define HIST_FINE 100000
+#define HIST_SIZE (HIST_FINE + 100000 + 1)
+static uint64_t *hist, hist_n;
+
+static size_t hist_bucket(uint64_t us) {
+    if (us < HIST_FINE) return (size_t)us;
+    uint64_t ms = (us - HIST_FINE) / 1000;
+    return ms < 100000 ? HIST_FINE + (size_t)ms : HIST_SIZE - 1;
+}
+
+static double hist_value(size_t i) {   /* the bucket's lower bound, in us */
+    return i < HIST_FINE ? (double)i : HIST_FINE + (double)(i - HIST_FINE) * 1000;
+}
+
+static void fan_fill(void) {
+    conn_t *c = pub;
+    if (c->soff == c->slen) c->soff = c->slen = 0;
+    while (sending && fan_sent - fan_done < (uint64_t)opt_inflight) {
+        if (c->slen + opt_size + 14 > c->scap) {
+            if (c->soff == 0) break;
+            memmove(c->sbuf, c->sbuf + c->soff, c->slen - c->soff);
+            c->slen -= c->soff; c->soff = 0;
+            continue;
+        }
+        uint64_t seq = fan_sent++, t = now_ns();
+        uint8_t *p = c->sbuf + c->slen;
+        uint32_t key = (uint32_t)rng();
+        size_t h = frame_header(p, 2, opt_size, key);
+        payload_chunk(seq, 0, p + h, opt_size);
+        memcpy(p + h + 8, &t, 8);
+        mask_bytes(p + h, opt_size, key);
+        c->slen += h + opt_size;
+        fan_left[seq % opt_inflight] = (uint32_t)opt_conns;
+        fan_stamp[seq % opt_inflight] = t;
+    }
+}
+
+static void fan_delivered(conn_t *c) {
+    uint64_t t = now_ns();
+    uint64_t seq = c->next_recv_seq++;
+    uint64_t slot = seq % opt_inflight;
+    count_total++;
+    if (t >= measure_from && t < measure_to) {
+        if (cpu_from < 0) cpu_from = cpu_now();
+        count_measured++;
+        hist[hist_bucket((t - fan_stamp[slot]) / 1000)]++;
+        hist_n++;
+    }
+    if (--fan_left[slot] == 0)
+        while (fan_done < fan_sent && fan_left[fan_done % opt_inflight] == 0) fan_done++;
+}
+
+static double hist_quantile(double q) {
+    uint64_t want = (uint64_t)(hist_n * q), seen = 0;
+    for (size_t i = 0; i < HIST_SIZE; i++) {
+        seen += hist[i];
+        if (seen > want) return hist_value(i);
+    }
+    return 0;
+}
+
+/* A subscriber's chunk of message `next_recv_seq`: the seq, then the send time (checked
+ * against what the publisher recorded), then the pattern. */
+static void fan_check(conn_t *c, const uint8_t *p, size_t n) {
+    uint64_t seq = c->next_recv_seq;
+    if (seq >= fan_sent || c->msg_pos + n > opt_size) { mismatches++; c->msg_pos += n; return; }
+    uint8_t stamp[8];
+    memcpy(stamp, &fan_stamp[seq % opt_inflight], 8);
+    for (size_t i = 0; i < n; i++) {
+        size_t at = c->msg_pos + i;
+        uint8_t want = at < 8 ? (uint8_t)(seq >> (8 * at)) : at < 16 ? stamp[at - 8]
+                                                                      : pattern[(seq & 255) + at];
+        if (p[i] != want) { mismatches++; break; }
+    }
+    c->msg_pos += n;
+}
+
 /* Check `n` received payload bytes of the current inbound message. */
 static void check_chunk(conn_t *c, const uint8_t *p, size_t n) {
+    if (opt_mode == MODE_FANOUT) { fan_check(c, p, n); return; }
     if (c->next_recv_seq >= c->next_send_seq || c->msg_pos + n > opt_size) {
         mismatches++;
         c->msg_pos += n;
@@ -391,7 +483,8 @@ static void check_chunk(conn_t *c, const uint8_t *p, size_t n) {
 static void end_message(conn_t *c) {
     if (c->msg_pos != opt_size) mismatches++;
     c->msg_pos = 0;
-    message_done(c);
+    if (opt_mode == MODE_FANOUT) fan_delivered(c);
+    else message_done(c);
 }
 
 /* Consume what is in rbuf. Data payloads are checked as they stream in (no reassembly). */
@@ -498,6 +591,7 @@ static int parse_args(int argc, char **argv) {
         if (!strcmp(a, "--host")) opt_host = v;
         else if (!strcmp(a, "--port")) opt_port = atoi(v);
         else if (!strcmp(a, "--path")) opt_path = v;
+        else if (!strcmp(a, "--pub-path")) opt_pub_path = v;
         else if (!strcmp(a, "--conns")) opt_conns = atoi(v);
         else if (!strcmp(a, "--inflight")) opt_inflight = atoi(v);
         else if (!strcmp(a, "--size")) opt_size = strtoull(v, NULL, 10);
@@ -508,10 +602,12 @@ static int parse_args(int argc, char **argv) {
             if (!strcmp(v, "ws")) opt_mode = MODE_WS;
             else if (!strcmp(v, "raw")) opt_mode = MODE_RAW;
             else if (!strcmp(v, "idle")) opt_mode = MODE_IDLE;
+            else if (!strcmp(v, "fanout")) opt_mode = MODE_FANOUT;
             else return -1;
         } else return -1;
         i++;
     }
+    if (opt_mode == MODE_FANOUT && opt_size < 16) return -1;
     return opt_port > 0 && opt_conns > 0 && opt_inflight > 0 && opt_size > 0 ? 0 : -1;
 }
 
@@ -522,7 +618,8 @@ static int cmp_u64(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     if (parse_args(argc, argv) != 0) {
-        fprintf(stderr, "usage: loadgen --port P [--host H] [--path /] [--mode ws|raw|idle] [--conns N]\n"
+        fprintf(stderr, "usage: loadgen --port P [--host H] [--path /] [--mode ws|raw|idle|fanout] [--conns N]\n"
+                        "               [--pub-path /pub] (fanout: --size >= 16)\n"
                         "               [--inflight K] [--size BYTES] [--duration S] [--warmup S] [--count M]\n");
         return 64;
     }
@@ -539,21 +636,27 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < opt_size + 256; i++) pattern[i] = (uint8_t)(rng() >> 56);
 
     epfd = epoll_create1(0);
-    conns = calloc(opt_conns, sizeof *conns);
+    int nconns = opt_conns + (opt_mode == MODE_FANOUT);   /* fanout: the publisher is last */
+    conns = calloc(nconns, sizeof *conns);
+    if (opt_mode == MODE_FANOUT) {
+        fan_left = calloc(opt_inflight, sizeof *fan_left);
+        fan_stamp = calloc(opt_inflight, sizeof *fan_stamp);
+        hist = calloc(HIST_SIZE, sizeof *hist);
+    }
     size_t unit = opt_size + 14;
     size_t scap = unit * opt_inflight;
     if (scap > (256u << 10)) scap = unit > (256u << 10) ? unit : (256u << 10);
-    size_t rcap = (opt_mode == MODE_IDLE ? 16384 : 262144);
+    size_t rcap = (opt_mode == MODE_IDLE ? 16384 : opt_mode == MODE_FANOUT ? 65536 : 262144);
     uint64_t t_connect = now_ns();
-    for (int i = 0; i < opt_conns; i++) {
+    for (int i = 0; i < nconns; i++) {
         conn_t *c = &conns[i];
         c->fd = connect_one();
         c->rcap = rcap;
         c->rbuf = malloc(rcap);
-        c->scap = opt_mode == MODE_IDLE ? 256 : scap;
+        c->scap = opt_mode == MODE_IDLE ? 256 : opt_mode == MODE_FANOUT && i < opt_conns ? 1024 : scap;
         c->sbuf = malloc(c->scap);
         c->stamps = calloc(opt_inflight, sizeof(uint64_t));
-        if (opt_mode != MODE_RAW) handshake(c);
+        if (opt_mode != MODE_RAW) handshake(c, opt_mode == MODE_FANOUT && i == opt_conns ? opt_pub_path : opt_path);
         fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
@@ -577,12 +680,13 @@ int main(int argc, char **argv) {
     measure_to = measure_from + (uint64_t)(opt_duration * 1e9);
     if (opt_mode == MODE_IDLE) { sending = 0; measure_from = measure_to = start; }
     if (opt_count) { measure_from = start; measure_to = start + 3600000000000ULL; }
-    for (int i = 0; i < opt_conns; i++) { fill(&conns[i]); flush(&conns[i]); }
+    if (opt_mode == MODE_FANOUT) { pub = &conns[opt_conns]; fan_fill(); flush(pub); }
+    else for (int i = 0; i < opt_conns; i++) { fill(&conns[i]); flush(&conns[i]); }
 
     struct epoll_event evs[512];
     int phase = 0; /* 0 running, 1 draining, 2 closing */
     uint64_t phase_deadline = 0;
-    int live = opt_conns;
+    int live = nconns;
     int timed_out = 0;
     while (live > 0) {
         uint64_t t = now_ns();
@@ -593,12 +697,13 @@ int main(int argc, char **argv) {
         }
         if (phase == 1) {
             int pending = 0;
-            for (int i = 0; i < opt_conns; i++)
+            if (opt_mode == MODE_FANOUT) pending = fan_done < fan_sent;
+            else for (int i = 0; i < opt_conns; i++)
                 if (!conns[i].done && conns[i].next_recv_seq < conns[i].next_send_seq) pending = 1;
             if (!pending || t >= phase_deadline) {
                 if (pending) timed_out = 1;
                 phase = 2; phase_deadline = t + 5000000000ULL;
-                for (int i = 0; i < opt_conns; i++) {
+                for (int i = 0; i < nconns; i++) {
                     conn_t *c = &conns[i];
                     if (c->done) continue;
                     c->closing = 1;
@@ -614,13 +719,14 @@ int main(int argc, char **argv) {
             conn_t *c = evs[i].data.ptr;
             if (c->done) continue;
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
-            if (!c->done) { fill(c); flush(c); }
+            if (!c->done) { if (opt_mode != MODE_FANOUT) fill(c); flush(c); }
             if (c->done) {
                 epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
                 live--;
             }
         }
+        if (opt_mode == MODE_FANOUT && !pub->done) { fan_fill(); flush(pub); }
     }
     uint64_t end = now_ns();
     double secs = (double)(measure_to - measure_from) / 1e9;
@@ -638,6 +744,23 @@ int main(int argc, char **argv) {
         return protocol_errors || timed_out ? 1 : 0;
     }
     int ok = mismatches == 0 && protocol_errors == 0 && count_measured > 0;
+    if (opt_mode == MODE_FANOUT) {
+        double sum = 0;
+        for (size_t i = 0; i < HIST_SIZE; i++) sum += (double)hist[i] * hist_value(i);
+        ok = ok && !timed_out;
+        printf("{\"mode\": \"fanout\", \"conns\": %d, \"inflight\": %d, \"size\": %zu, \"duration_s\": %.6f, "
+               "\"deliveries\": %llu, \"deliveries_per_s\": %.1f, \"msgs_per_s\": %.1f, \"published\": %llu, "
+               "\"total_deliveries\": %llu, \"total_messages\": %llu, \"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, "
+               "\"lat_mean_us\": %.1f, \"mismatches\": %llu, \"errors\": %llu, \"close_timeout\": %s, "
+               "\"connect_s\": %.3f, \"cpu_pct\": %.1f, \"ok\": %s}\n",
+               opt_conns, opt_inflight, opt_size, secs, (unsigned long long)count_measured,
+               count_measured / secs, count_measured / secs, (unsigned long long)fan_sent,
+               (unsigned long long)count_total, (unsigned long long)count_total,
+               hist_quantile(0.5), hist_quantile(0.99), hist_n ? sum / hist_n : 0,
+               (unsigned long long)mismatches, (unsigned long long)protocol_errors,
+               timed_out ? "true" : "false", connect_s, cpu_used / secs * 100, ok ? "true" : "false");
+        return mismatches ? 2 : ok ? 0 : 1;
+    }
     printf("{\"mode\": \"%s\", \"conns\": %d, \"inflight\": %d, \"size\": %zu, \"duration_s\": %.6f, "
            "\"messages\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.2f, \"total_messages\": %llu, "
            "\"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_mean_us\": %.1f, \"mismatches\": %llu, "

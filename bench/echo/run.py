@@ -497,6 +497,20 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
 
 # --------------------------------------------------------------------------- main
 
+def kept_sections(path: str) -> str:
+    """Sections other benchmarks keep in the same file (bench/fanout/run.py's, between its
+    markers), carried over when this report rewrites it."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    begin, end = "<!-- fanout:begin -->", "<!-- fanout:end -->"
+    if begin in old and end in old:
+        return "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
+    return ""
+
+
 def outcome(run: dict) -> str:
     return "ok" if run.get("ok") else f"FAIL {run.get('error')}"
 
@@ -644,7 +658,7 @@ def main() -> None:
                    "clients": client_runs, "problems": problems}, f, indent=1)
     text = report(args, server_runs, memory, client_runs, problems, started, elapsed)
     with open(args.output, "w") as f:
-        f.write(text)
+        f.write(text + kept_sections(args.output))
     print(f"\nwrote {args.output} ({elapsed / 60:.1f} min); server logs in {build}", flush=True)
     if problems:
         print("problems:\n  " + "\n  ".join(problems))
