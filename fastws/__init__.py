@@ -22,6 +22,7 @@ from ._codec import (
 )
 from ._protocol import Close, Protocol, State
 from ._version import __version__
+from .backplane import RedisPubSub
 from .client import connect
 from .connection import Connection
 from .deflate import Deflate, DeflateOptions
@@ -33,7 +34,6 @@ from .loop import Loop, Timer, default_loop
 from .server import Server, serve
 from .stages import AutoPing, AutoPong, Consolidate, Stage
 from .topics import SlowConsumers, Topics, broadcast
-from .backplane import RedisPubSub
 
 
 def get_include() -> str:

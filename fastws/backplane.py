@@ -299,8 +299,10 @@ class RedisPubSub:
         self.connect_timeout = connect_timeout
         self.server: Server | None = None
         self._loop: Loop | None = None
-        self._subscriber = _Link(self, "subscriber", SubscriberSession(self.url, sharded=sharded))
-        self._publisher = _Link(self, "publisher", PublisherSession(self.url, sharded=sharded))
+        self._sub_session = SubscriberSession(self.url, sharded=sharded)
+        self._pub_session = PublisherSession(self.url, sharded=sharded)
+        self._subscriber = _Link(self, "subscriber", self._sub_session)
+        self._publisher = _Link(self, "publisher", self._pub_session)
         self._queue: deque[tuple[bytes, bytes]] = deque()   # (channel, envelope) while away
         self._queued = 0                                     # their bytes
         self._up: bool | None = None      # None: never connected yet
@@ -352,7 +354,7 @@ class RedisPubSub:
         topics = server.topics
         topics.backplane = self
         for topic in topics.names:
-            self._subscriber.session.subscribe(self._channel(topic))
+            self._sub_session.subscribe(self._channel(topic))
         self._subscriber.connect()
         self._publisher.connect()
         self._ping_timer = self.loop.call_later(self.ping_interval, self._ping)
@@ -385,14 +387,10 @@ class RedisPubSub:
         return self.prefix + topic.encode("utf-8")
 
     def subscribe(self, topic: str) -> None:
-        link = self._subscriber
-        command = link.session.subscribe(self._channel(topic))   # type: ignore[union-attr]
-        link.send(command)
+        self._subscriber.send(self._sub_session.subscribe(self._channel(topic)))
 
     def unsubscribe(self, topic: str) -> None:
-        link = self._subscriber
-        command = link.session.unsubscribe(self._channel(topic))  # type: ignore[union-attr]
-        link.send(command)
+        self._subscriber.send(self._sub_session.unsubscribe(self._channel(topic)))
 
     def publish(self, topic: str, opcode: int, data: bytes, exclude: bytes) -> None:
         channel = self._channel(topic)
@@ -400,7 +398,7 @@ class RedisPubSub:
         link = self._publisher
         if self._up and not self._queue and link.unsent + len(envelope) <= self.max_queue:
             self.published += 1
-            link.send(link.session.publish(channel, envelope))   # type: ignore[union-attr]
+            link.send(self._pub_session.publish(channel, envelope))
             return
         if self._queued + len(envelope) > self.max_queue:
             self._drop(1)
@@ -413,8 +411,7 @@ class RedisPubSub:
     def _flush(self) -> None:
         """Send the queued publishes, in order, while Redis takes them."""
         link = self._publisher
-        session = link.session
-        assert isinstance(session, PublisherSession)
+        session = self._pub_session
         queue = self._queue
         while queue and link.open and link.unsent <= self.max_queue // 2:
             channel, envelope = queue.popleft()
@@ -450,8 +447,8 @@ class RedisPubSub:
             self._deliver(session.receive(data))
         if session.ready and link._timer is not None:
             link.ready()
-        if session.ready and not self._up and self._subscriber.session.ready \
-                and self._publisher.session.ready:
+        if session.ready and not self._up and self._sub_session.ready \
+                and self._pub_session.ready:
             self._restored()
 
     def _deliver(self, messages: list[Any]) -> None:

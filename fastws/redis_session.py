@@ -135,7 +135,7 @@ class _Session:
         if reader is None:
             raise RedisError("the session was not started (hello())")
         reader.feed(data)
-        replies = []
+        replies: list[Any] = []
         while True:
             reply = reader.gets()
             if reply is False:

@@ -143,7 +143,7 @@ def test_every_subscriber_gets_every_message_once_in_order(redis, loop, tmp_path
 
 
 def difference(got: list[bytes], want: list[bytes]) -> str:
-    for index, (a, b) in enumerate(zip(got, want)):
+    for index, (a, b) in enumerate(zip(got, want, strict=False)):
         if a != b:
             return f"message {index}: got {a!r}, expected {b!r}"
     return f"got {len(got)} messages, expected {len(want)}"
@@ -328,7 +328,7 @@ def test_tls_to_redis(tmp_path, loop, ca):
         import ssl
         context = ssl.create_default_context()
         ca.configure_trust(context)
-        servers, rooms = serve_linked(loop, fastws.RedisPubSub(redis.url, ssl=context),
+        servers, _rooms = serve_linked(loop, fastws.RedisPubSub(redis.url, ssl=context),
                                       fastws.RedisPubSub(redis.url, ssl=context))
         try:
             run_until(loop, lambda: all(s.pubsub.connected for s in servers))

@@ -91,7 +91,7 @@ def test_server_connections_holds_the_websockets_only(start_server, loop, transp
     http = raw_client(server.port, handshake=False)
     http.send_raw(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
     assert http.read_head().startswith(b"HTTP/1.1 200")        # a keep-alive HTTP connection
-    clients, conns = connect_many(loop, server, transport, ["/", "/"])
+    _clients, conns = connect_many(loop, server, transport, ["/", "/"])
     counts = server.call(lambda: (len(server.server.connections),
                                   len(server.server.all_connections)))
     assert counts == (2, 3)
@@ -104,7 +104,7 @@ def test_server_connections_holds_the_websockets_only(start_server, loop, transp
 
 def test_broadcast_sends_to_every_open_connection(start_server, loop, transport):
     server = start_server(Rooms())
-    clients, conns = connect_many(loop, server, transport, ["/"] * 5)
+    clients, _conns = connect_many(loop, server, transport, ["/"] * 5)
     count = server.call(lambda: fastws.broadcast(server.server.connections, "to all"))
     assert count == 5
     assert server.call(lambda: fastws.broadcast(server.server.connections, b"\x00\x01")) == 5
@@ -131,7 +131,7 @@ def test_broadcast_checks_its_message(start_server):
 
 def test_broadcast_to_client_connections_masks_for_each(start_server, loop, transport):
     server = start_server(Rooms())
-    clients, conns = connect_many(loop, server, transport, ["/", "/"])
+    _clients, conns = connect_many(loop, server, transport, ["/", "/"])
     assert fastws.broadcast(conns, "from the clients") == 2
     wait_for(lambda: len(server.call(lambda: server.server.handler.recorder.frames)) == 2)
     frames = server.call(lambda: server.server.handler.recorder.frames)
@@ -171,7 +171,7 @@ def test_publish_reaches_the_subscribers_of_a_topic(start_server, loop, transpor
 
 def test_subscribe_checks_its_arguments(start_server, loop, transport):
     server = start_server(Rooms())
-    clients, conns = connect_many(loop, server, transport, ["/"])
+    _clients, conns = connect_many(loop, server, transport, ["/"])
 
     def misuse():
         conn = next(iter(server.server.connections))
@@ -189,7 +189,7 @@ def test_subscribe_checks_its_arguments(start_server, loop, transport):
 
 def test_sends_and_publishes_keep_their_order_and_leave_together(start_server, loop, transport):
     server = start_server(Rooms())
-    clients, conns = connect_many(loop, server, transport, ["/t", "/t"])
+    clients, _conns = connect_many(loop, server, transport, ["/t", "/t"])
     fanout = server.call(lambda: server.server.topics._fanout)
 
     def interleave():
@@ -323,14 +323,14 @@ def test_drop_policy_skips_a_slow_subscriber_and_tells_the_handler(start_server,
     rooms = Rooms()
     server = start_server(rooms, slow_consumers=fastws.SlowConsumers("drop", 64 * 1024))
     silent = silent_subscriber(server, transport, "/feed")
-    clients, conns = connect_many(loop, server, transport, ["/feed"])
+    clients, _conns = connect_many(loop, server, transport, ["/feed"])
     wait_for(lambda: server.call(lambda: server.server.topics.count("feed")) == 2)
     payload = b"x" * 1024
     sent = 0
     for _ in range(200):                     # 10,000 x 1 KiB; the reader keeps up
         server.call(lambda: [server.server.publish("feed", payload) for _ in range(50)])
         sent += 50
-        run_until(loop, lambda: len(clients[0].messages) == sent)
+        run_until(loop, lambda sent=sent: len(clients[0].messages) == sent)
     def slow_state():
         slow = [c for c in server.server.connections if c.messages_dropped]
         return [(c.messages_dropped, c.is_open, c.write_buffer_size) for c in slow]
@@ -346,13 +346,13 @@ def test_close_policy_closes_a_slow_subscriber_with_1008(start_server, loop, tra
     server = start_server(rooms, slow_consumers=fastws.SlowConsumers("close", 64 * 1024),
                           close_timeout=0.5)
     silent = silent_subscriber(server, transport, "/feed")
-    clients, conns = connect_many(loop, server, transport, ["/feed"])
+    clients, _conns = connect_many(loop, server, transport, ["/feed"])
     wait_for(lambda: server.call(lambda: server.server.topics.count("feed")) == 2)
     sent = 0
     for _ in range(200):
         server.call(lambda: [server.server.publish("feed", b"y" * 1024) for _ in range(50)])
         sent += 50
-        run_until(loop, lambda: len(clients[0].messages) == sent)
+        run_until(loop, lambda sent=sent: len(clients[0].messages) == sent)
     wait_for(lambda: rooms.recorder.closed)
     assert rooms.recorder.closed[0][0] == CloseCode.POLICY_VIOLATION
     assert server.call(lambda: server.server.topics.count("feed")) == 1
