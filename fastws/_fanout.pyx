@@ -96,6 +96,10 @@ cdef class Fanout:
             if slow is not None:
                 slow.append(conn)
             return 0
+        # Held before the first write: it only queues, and leaves with the rest at the end
+        # of the iteration (a write to an unheld transport would be sent at once).
+        if sink.hold():
+            self._held.append(sink)
         extension = protocol._extension
         if protocol.is_client:
             protocol.send_c(opcode, data, True, 0)          # masked for this connection
@@ -117,8 +121,6 @@ cdef class Fanout:
             else:
                 protocol.send_encoded_c(<bytes>encoded)
         self.deliveries += 1
-        if sink.hold():
-            self._held.append(sink)
         return 1
 
     def hold(self, Sink sink not None):

@@ -10,7 +10,8 @@ them in place. The Protocol writes back through the Sink interface this class im
 Writes made while a read is being handled are batched: they leave together, with one
 `send()`/`sendmsg()`, when the read is done (a server whose only ready peer is this one
 sends its first reply at once, so that the peer can go on while we work). Outside a read,
-every write is sent at once. What the kernel does not take waits in the queue for the
+every write is sent at once, unless a broadcast holds the transport (Sink.hold, from
+fastws._fanout): then writes wait for its release at the end of the loop iteration. What the kernel does not take waits in the queue for the
 socket to become writable; past the high-water mark the listener is told to pause
 (`pause_writing`), and past `max_write_buffer` the frames the peer has not started to
 receive are dropped and the listener told (`write_overflow`): the peer is not reading.

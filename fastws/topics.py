@@ -207,8 +207,9 @@ def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
     SlowConsumers). The connections belong to the calling thread's loop.
     """
     opcode, data = _message(message)
-    items = connections if isinstance(connections, (list, tuple, set, frozenset, dict)) \
-        else list(connections)
+    # A snapshot: a connection that closes while we send (a write error) leaves sets such
+    # as server.connections, which must not change under the loop.
+    items = connections if isinstance(connections, (list, tuple)) else list(connections)
     first = next(iter(items), None)
     if first is None:
         return 0
@@ -262,6 +263,9 @@ class Topics:
         self._by_number: dict[int, Connection] = {}
         self.published = 0               # messages published through this server
         self.delivered = 0               # messages delivered to local subscribers (sum)
+        # While a delivery iterates a topic's dict, membership changes (a connection that
+        # closes on a write error, a handler that subscribes) copy it instead.
+        self._delivering = 0
 
     @property
     def slow_consumers(self) -> SlowConsumers:
@@ -295,6 +299,8 @@ class Topics:
                 self.backplane.subscribe(topic)
         elif conn in subscribers:
             return False
+        elif self._delivering:
+            subscribers = self._subscribers[topic] = dict(subscribers)
         subscribers[conn] = protocol
         conn._topic_names.add(topic)
         return True
@@ -302,8 +308,11 @@ class Topics:
     def unsubscribe(self, conn: Connection, topic: str) -> bool:
         """Remove `conn` from `topic`; False when it was not subscribed."""
         subscribers = self._subscribers.get(topic)
-        if subscribers is None or subscribers.pop(conn, None) is None:
+        if subscribers is None or conn not in subscribers:
             return False
+        if self._delivering:
+            subscribers = self._subscribers[topic] = dict(subscribers)
+        del subscribers[conn]
         conn._topic_names.discard(topic)
         if not subscribers:
             del self._subscribers[topic]
@@ -346,9 +355,13 @@ class Topics:
         frame = encode_frame(opcode, data)
         slow: list[Connection] = []
         shared = self.shared
-        count: int = self._fanout.deliver(subscribers, opcode, data, frame, exclude,
-                                          self._max_backlog, slow,
-                                          shared.frame if shared is not None else None)
+        self._delivering += 1
+        try:
+            count: int = self._fanout.deliver(subscribers, opcode, data, frame, exclude,
+                                              self._max_backlog, slow,
+                                              shared.frame if shared is not None else None)
+        finally:
+            self._delivering -= 1
         self.delivered += count
         if slow:
             self._slow.apply(slow)

@@ -169,6 +169,30 @@ def test_publish_reaches_the_subscribers_of_a_topic(start_server, loop, transpor
     wait_for(lambda: server.call(lambda: server.server.topics.names) == ["blue"])
 
 
+def test_membership_changes_during_a_delivery_copy_the_topic(loop):
+    """A delivery iterates a topic's dict in C: a connection that closes on a write error,
+    or a handler that subscribes, must not change that dict under it."""
+    server = fastws.serve(Rooms(), "127.0.0.1", 0, loop=loop)
+    try:
+        clients = [Client() for _ in range(2)]
+        conns = [fastws.connect(f"ws://127.0.0.1:{server.port}/t", c, loop=loop)
+                 for c in clients]
+        run_until(loop, lambda: all(c.is_open for c in conns) and server.topics.count("t") == 2)
+        topics = server.topics
+        first, second = topics.subscribers("t")
+        iterated = topics._subscribers["t"]
+        topics._delivering = 1                     # as inside Fanout.deliver
+        try:
+            assert first.unsubscribe("t") and second.subscribe("u")
+            assert first.subscribe("t")
+        finally:
+            topics._delivering = 0
+        assert list(iterated) == [first, second]   # the dict being iterated is untouched
+        assert topics.subscribers("t") == [second, first]
+    finally:
+        server.close()
+
+
 def test_subscribe_checks_its_arguments(start_server, loop, transport):
     server = start_server(Rooms())
     _clients, conns = connect_many(loop, server, transport, ["/"])
