@@ -187,7 +187,7 @@ def run_chat(args: argparse.Namespace) -> int:
     pubsub = None
     if args.redis:
         try:
-            pubsub = fastws.RedisPubSub(args.redis, sharded=args.sharded)
+            pubsub = fastws.RedisPubSub(args.redis, sharded=args.sharded, cluster=args.cluster)
         except ValueError as exc:
             _usage_error(args, f"--redis: {exc}")
         except ImportError:
@@ -457,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "redis://[user:password@]host:port/db or rediss://...")
     chat.add_argument("--sharded", action="store_true",
                       help="use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH)")
+    chat.add_argument("--cluster", action="store_true",
+                      help="--redis names a node of a Redis Cluster: route each room to the "
+                           "shard that owns it (sharded pub/sub)")
     chat.add_argument("--workers", type=int, default=1,
                       help="processes sharing the port with SO_REUSEPORT (default 1)")
     chat.add_argument("--certfile", help="TLS certificate chain (PEM); serves wss://")

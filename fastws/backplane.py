@@ -13,8 +13,12 @@ I/O):
   messages of one publisher keep the order it sent them in.
 
 `sharded=True` uses Redis 7's sharded pub/sub (SSUBSCRIBE / SPUBLISH), whose traffic stays
-on the shard that owns the channel's slot; this client talks to one endpoint (a Redis, or
-the shard behind it), it does not follow a Redis Cluster's redirections.
+on the shard that owns the channel's slot. `cluster=True` (which implies it) treats the
+URL as a seed node of a Redis Cluster: the backplane asks it for the slot map (CLUSTER
+SLOTS), keeps a pair of connections to every primary, and sends each topic's SSUBSCRIBE
+and SPUBLISH to the primary that owns its slot. A MOVED answer or a channel the cluster
+unsubscribed us from (its slot moved) makes it fetch the map again and re-route; the
+publishes caught in the move are reported like any loss.
 
 When a connection drops (or stops answering PINGs), the server's handler is told
 (`on_backplane_lost(server, reason)`), and the backplane reconnects with exponential
@@ -30,19 +34,19 @@ knows when that was, and can tell its clients.
 
 from __future__ import annotations
 
-import errno
 import logging
-import random
-import socket
 import ssl as ssl_module
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .redis_link import Link
 from .redis_session import (
+    ClusterSlots,
     PublisherSession,
     RedisError,
     RedisURL,
     SubscriberSession,
+    TopologySession,
     pack_envelope,
     unpack_envelope,
 )
@@ -55,220 +59,49 @@ __all__ = ["PubSubSetting", "RedisPubSub", "pubsub_settings"]
 
 logger = logging.getLogger("fastws")
 
-_READ_SIZE = 256 * 1024
-_TRY_AGAIN = (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError,
-              ssl_module.SSLWantWriteError)
+Address = tuple[str, int]
 
 
-class _Link:
-    """One connection to Redis on a fastws Loop: connecting (and TLS), the bytes waiting
-    to be sent, reading, and reconnecting with back-off when it drops."""
+class _Node:
+    """The two connections to one Redis server (a shard's primary, in a cluster)."""
 
-    def __init__(self, owner: RedisPubSub, name: str,
-                 session: SubscriberSession | PublisherSession) -> None:
-        self.owner = owner
-        self.name = name
-        self.session = session
-        self.sock: socket.socket | None = None
-        self.open = False                       # connected (and TLS done): bytes flow
-        self._out: deque[bytes | memoryview] = deque()
-        self.unsent = 0
-        self._writing = False
-        self._attempt = 0
-        self._timer: Timer | None = None        # reconnect, or the connect deadline
-        self.closed = False
+    def __init__(self, owner: RedisPubSub, address: Address) -> None:
+        self.address = address
+        self.sub_session = SubscriberSession(owner.url, sharded=owner.sharded)
+        self.pub_session = PublisherSession(owner.url, sharded=owner.sharded)
+        self.subscriber = Link(owner, "subscriber", address, self.sub_session)
+        self.publisher = Link(owner, "publisher", address, self.pub_session)
 
     @property
-    def loop(self) -> Loop:
-        return self.owner.loop
+    def ready(self) -> bool:
+        return self.sub_session.ready and self.pub_session.ready
 
-    # -- connecting
+    @property
+    def links(self) -> tuple[Link, Link]:
+        return self.subscriber, self.publisher
 
     def connect(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        url = self.owner.url
-        try:
-            # Name resolution blocks (as in fastws.connect); use an address or /etc/hosts
-            # names where that matters.
-            family, kind, proto, _, address = socket.getaddrinfo(
-                url.host, url.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            self._failed(f"cannot resolve {url.host}: {exc}")
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-        err = sock.connect_ex(address)
-        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self._failed(f"cannot connect: {errno.errorcode.get(err, err)}")
-            return
-        self._timer = self.loop.call_later(self.owner.connect_timeout, self._timed_out)
-        self.loop.add_writer(sock, self._connected)
+        self.subscriber.connect()
+        self.publisher.connect()
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        self._failed("connection timed out")
-
-    def _connected(self) -> None:
-        sock = self.sock
-        assert sock is not None
-        self.loop.remove_writer(sock)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._failed(f"cannot connect: {errno.errorcode.get(err, err)}")
-            return
-        if self.owner.url.tls:
-            try:
-                self.sock = self.owner.ssl_context().wrap_socket(
-                    sock, server_hostname=self.owner.url.host, do_handshake_on_connect=False)
-            except (OSError, ValueError) as exc:
-                self._failed(f"TLS: {exc}")
-                return
-            self._tls_handshake()
-            return
-        self._start()
-
-    def _tls_handshake(self) -> None:
-        sock = self.sock
-        assert sock is not None
-        loop = self.loop
-        try:
-            sock.do_handshake()          # type: ignore[attr-defined]
-        except ssl_module.SSLWantReadError:
-            loop.remove_writer(sock)
-            loop.add_reader(sock, self._tls_handshake)
-            return
-        except ssl_module.SSLWantWriteError:
-            loop.remove_reader(sock)
-            loop.add_writer(sock, self._tls_handshake)
-            return
-        except OSError as exc:
-            self._failed(f"TLS handshake failed: {exc}")
-            return
-        loop.remove_reader(sock)
-        loop.remove_writer(sock)
-        self._start()
-
-    def _start(self) -> None:
-        sock = self.sock
-        assert sock is not None
-        self.open = True
-        self.loop.add_reader(sock, self._on_readable)
-        self.send(self.session.hello())
-
-    # -- bytes
-
-    def send(self, data: bytes) -> None:
-        if not data or not self.open:
-            return
-        self._out.append(data)
-        self.unsent += len(data)
-        if not self._writing:
-            self._write()
-
-    def _write(self) -> None:
-        sock = self.sock
-        out = self._out
-        assert sock is not None
-        while out:
-            if len(out) > 1:
-                joined = b"".join(out)        # one send for everything queued
-                out.clear()
-                out.append(joined)
-            try:
-                sent = sock.send(out[0])
-            except _TRY_AGAIN:
-                break
-            except OSError as exc:
-                self._failed(f"write failed: {exc}")
-                return
-            self.unsent -= sent
-            if sent < len(out[0]):
-                out[0] = memoryview(out[0])[sent:]
-                break
-            out.popleft()
-        if out and not self._writing:
-            self._writing = True
-            self.loop.add_writer(sock, self._write)
-        elif not out and self._writing:
-            self._writing = False
-            self.loop.remove_writer(sock)
-
-    def _on_readable(self) -> None:
-        sock = self.sock
-        while sock is not None and self.open:
-            try:
-                data = sock.recv(_READ_SIZE)
-            except _TRY_AGAIN:
-                return
-            except OSError as exc:
-                self._failed(f"read failed: {exc}")
-                return
-            if not data:
-                self._failed("Redis closed the connection")
-                return
-            try:
-                self.owner._received(self, data)
-            except RedisError as exc:
-                self._failed(f"Redis: {exc}")
-                return
-            if not isinstance(sock, ssl_module.SSLSocket) or not sock.pending():
-                return
-
-    # -- ending
-
-    def _failed(self, reason: str) -> None:
-        """Drop the connection, tell the owner, and try again after a back-off."""
-        self._drop()
-        if self.closed:
-            return
-        self.owner._link_lost(self, reason)
-        owner = self.owner
-        delay = min(owner.reconnect_max, owner.reconnect_min * (2 ** self._attempt))
-        self._attempt = min(self._attempt + 1, 30)
-        delay *= random.uniform(0.5, 1.0)      # jitter: workers do not reconnect in step
-        self._timer = self.loop.call_later(delay, self.connect)
-
-    def _drop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        sock, self.sock = self.sock, None
-        self.open = False
-        self._writing = False
-        self._out.clear()
-        self.unsent = 0
-        if sock is not None:
-            loop = self.loop
-            if not loop.is_closed:
-                loop.remove_reader(sock)
-                loop.remove_writer(sock)
-            sock.close()
-
-    def ready(self) -> None:
-        """The session answered its first PING: the connection is usable."""
-        self._attempt = 0
-        if self._timer is not None:         # the connect deadline
-            self._timer.cancel()
-            self._timer = None
-
-    def close(self) -> None:
-        self.closed = True
-        self._drop()
+    def close(self) -> int:
+        """Disconnect for good; the publishes that may have been lost with it."""
+        self.subscriber.close()
+        self.publisher.close()
+        return self.pub_session.lost()
 
 
 class RedisPubSub:
     """A Redis pub/sub backplane for a server's topics (see the module doc).
 
-    RedisPubSub(url="redis://127.0.0.1:6379/0", *, sharded=False, prefix="fastws:",
-                max_queue=8 MiB, ssl=None, reconnect_min=0.05, reconnect_max=5.0,
-                ping_interval=5.0, connect_timeout=5.0)
+    RedisPubSub(url="redis://127.0.0.1:6379/0", *, sharded=False, cluster=False,
+                prefix="fastws:", max_queue=8 MiB, ssl=None, reconnect_min=0.05,
+                reconnect_max=5.0, ping_interval=5.0, connect_timeout=5.0)
 
     `url`: redis://[user:password@]host[:port][/db], or rediss:// for TLS (with `ssl`, an
-    ssl.SSLContext, or the system's default context). `prefix` is put before every topic
+    ssl.SSLContext, or the system's default context). `sharded`: SSUBSCRIBE/SPUBLISH
+    (Redis 7); `cluster`: the URL is a seed node of a Redis Cluster, channels are routed
+    to the primary owning their slot (implies sharded). `prefix` is put before every topic
     to make its channel name, so several applications can share a Redis. `max_queue`:
     bytes of publishes kept while Redis is away (or slow). Reconnection waits
     `reconnect_min` seconds, doubling to `reconnect_max`. A connection that does not
@@ -279,13 +112,15 @@ class RedisPubSub:
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, sharded: bool = False,
-                 prefix: str = "fastws:", max_queue: int = 8 * 1024 * 1024,
-                 ssl: ssl_module.SSLContext | None = None, reconnect_min: float = 0.05,
-                 reconnect_max: float = 5.0, ping_interval: float = 5.0,
-                 connect_timeout: float = 5.0) -> None:
+                 cluster: bool = False, prefix: str = "fastws:",
+                 max_queue: int = 8 * 1024 * 1024, ssl: ssl_module.SSLContext | None = None,
+                 reconnect_min: float = 0.05, reconnect_max: float = 5.0,
+                 ping_interval: float = 5.0, connect_timeout: float = 5.0) -> None:
         import hiredis  # noqa: F401  (fail now, not in every worker, when it is missing)
         self.url = RedisURL.parse(url)
-        self.sharded = sharded
+        self.tls = self.url.tls
+        self.cluster = cluster
+        self.sharded = sharded or cluster
         self.prefix = prefix.encode("utf-8")
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
@@ -299,10 +134,10 @@ class RedisPubSub:
         self.connect_timeout = connect_timeout
         self.server: Server | None = None
         self._loop: Loop | None = None
-        self._sub_session = SubscriberSession(self.url, sharded=sharded)
-        self._pub_session = PublisherSession(self.url, sharded=sharded)
-        self._subscriber = _Link(self, "subscriber", self._sub_session)
-        self._publisher = _Link(self, "publisher", self._pub_session)
+        self._channels: set[bytes] = set()                   # what the local topics want
+        self._nodes: dict[Address, _Node] = {}
+        self._slots: ClusterSlots | None = None              # cluster: the slot map
+        self._topology: Link | None = None                   # cluster: asking for it
         self._queue: deque[tuple[bytes, bytes]] = deque()   # (channel, envelope) while away
         self._queued = 0                                     # their bytes
         self._up: bool | None = None      # None: never connected yet
@@ -329,13 +164,18 @@ class RedisPubSub:
 
     @property
     def connected(self) -> bool:
-        """Both connections are up: publishes go out at once and subscriptions are live."""
+        """Every connection is up: publishes go out at once and subscriptions are live."""
         return self._up is True
 
     @property
     def queued(self) -> int:
         """Publishes waiting for Redis."""
         return len(self._queue)
+
+    @property
+    def nodes(self) -> list[Address]:
+        """The Redis servers this backplane talks to (a cluster's primaries)."""
+        return sorted(self._nodes)
 
     def ssl_context(self) -> ssl_module.SSLContext:
         if self._ssl is None:
@@ -353,10 +193,15 @@ class RedisPubSub:
         server.pubsub = self
         topics = server.topics
         topics.backplane = self
-        for topic in topics.names:
-            self._sub_session.subscribe(self._channel(topic))
-        self._subscriber.connect()
-        self._publisher.connect()
+        self._channels.update(self._channel(topic) for topic in topics.names)
+        if self.cluster:
+            self._ask_topology()
+        else:
+            node = self._nodes[(self.url.host, self.url.port)] = _Node(
+                self, (self.url.host, self.url.port))
+            for channel in self._channels:
+                node.sub_session.subscribe(channel)
+            node.connect()
         self._ping_timer = self.loop.call_later(self.ping_interval, self._ping)
 
     def close(self) -> None:
@@ -364,22 +209,73 @@ class RedisPubSub:
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
-        self._subscriber.close()
-        self._publisher.close()
-        if self._queue:
-            self._drop(len(self._queue))
-            self._queue.clear()
-            self._queued = 0
+        if self._topology is not None:
+            self._topology.close()
+            self._topology = None
+        lost = sum(node.close() for node in self._nodes.values())
+        self._nodes.clear()
+        lost += len(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        if lost:
+            self._drop(lost)
 
     def _ping(self) -> None:
         self._ping_timer = self.loop.call_later(self.ping_interval, self._ping)
-        for link in (self._subscriber, self._publisher):
-            if not link.open:
-                continue
-            if link.session.unanswered_pings:
-                link._failed(f"no answer to PING within {self.ping_interval} s")
-            else:
-                link.send(link.session.ping())
+        for node in list(self._nodes.values()):
+            for link in node.links:
+                if not link.open:
+                    continue
+                if link.session.unanswered_pings:
+                    link._failed(f"no answer to PING within {self.ping_interval} s")
+                else:
+                    link.send(link.session.ping())
+
+    # -- routing (a cluster's slots)
+
+    def _node_for(self, channel: bytes) -> _Node | None:
+        if not self.cluster:
+            return next(iter(self._nodes.values()), None)
+        if self._slots is None:
+            return None
+        address = self._slots.node_for(channel)
+        return self._nodes.get(address) if address is not None else None
+
+    def _ask_topology(self) -> None:
+        """Fetch the cluster's slot map from the seed node (again)."""
+        if self._topology is not None:
+            return
+        seed = (self.url.host, self.url.port)
+        self._topology = Link(self, "cluster topology", seed, TopologySession(self.url,
+                                                                           sharded=True))
+        self._topology.connect()
+
+    def _new_topology(self, slots: ClusterSlots) -> None:
+        """Connect to every primary and move each channel to the one owning its slot."""
+        self._slots = slots
+        if self._topology is not None:
+            self._topology.close()
+            self._topology = None
+        primaries = set(slots.primaries)
+        for address in list(self._nodes):
+            if address not in primaries:
+                lost = self._nodes.pop(address).close()
+                if lost:
+                    self._drop(lost)
+        for address in primaries:
+            if address not in self._nodes:
+                self._nodes[address] = _Node(self, address)
+                self._nodes[address].connect()
+        for address, node in self._nodes.items():
+            wanted = {c for c in self._channels if slots.node_for(c) == address}
+            for channel in node.sub_session.channels - wanted:
+                node.subscriber.send(node.sub_session.unsubscribe(channel))
+            added = wanted - node.sub_session.channels
+            for channel in added:
+                node.subscriber.send(node.sub_session.subscribe(channel))
+            if added:
+                node.subscriber.send(node.sub_session.resync())
+        self._check_ready()
 
     # -- the Backplane interface (fastws.topics)
 
@@ -387,19 +283,28 @@ class RedisPubSub:
         return self.prefix + topic.encode("utf-8")
 
     def subscribe(self, topic: str) -> None:
-        self._subscriber.send(self._sub_session.subscribe(self._channel(topic)))
+        channel = self._channel(topic)
+        self._channels.add(channel)
+        node = self._node_for(channel)
+        if node is not None:
+            node.subscriber.send(node.sub_session.subscribe(channel))
 
     def unsubscribe(self, topic: str) -> None:
-        self._subscriber.send(self._sub_session.unsubscribe(self._channel(topic)))
+        channel = self._channel(topic)
+        self._channels.discard(channel)
+        node = self._node_for(channel)
+        if node is not None:
+            node.subscriber.send(node.sub_session.unsubscribe(channel))
 
     def publish(self, topic: str, opcode: int, data: bytes, exclude: bytes) -> None:
         channel = self._channel(topic)
         envelope = pack_envelope(opcode, exclude, data)
-        link = self._publisher
-        if self._up and not self._queue and link.unsent + len(envelope) <= self.max_queue:
-            self.published += 1
-            link.send(self._pub_session.publish(channel, envelope))
-            return
+        if self._up and not self._queue:
+            node = self._node_for(channel)
+            if node is not None and node.publisher.unsent + len(envelope) <= self.max_queue:
+                self.published += 1
+                node.publisher.send(node.pub_session.publish(channel, envelope))
+                return
         if self._queued + len(envelope) > self.max_queue:
             self._drop(1)
             return
@@ -410,16 +315,19 @@ class RedisPubSub:
 
     def _flush(self) -> None:
         """Send the queued publishes, in order, while Redis takes them."""
-        link = self._publisher
-        session = self._pub_session
         queue = self._queue
-        while queue and link.open and link.unsent <= self.max_queue // 2:
-            channel, envelope = queue.popleft()
+        while queue:
+            channel, envelope = queue[0]
+            node = self._node_for(channel)
+            if node is None or not node.publisher.open:
+                return
+            if node.publisher.unsent > self.max_queue // 2:
+                self.loop.call_later(0.001, self._flush_if_up)
+                return
+            queue.popleft()
             self._queued -= len(envelope)
             self.published += 1
-            link.send(session.publish(channel, envelope))
-        if queue and link.open:
-            self.loop.call_later(0.001, self._flush_if_up)
+            node.publisher.send(node.pub_session.publish(channel, envelope))
 
     def _flush_if_up(self) -> None:
         if self._up:
@@ -439,16 +347,32 @@ class RedisPubSub:
 
     # -- events from the links
 
-    def _received(self, link: _Link, data: bytes) -> None:
+    def _received(self, link: Link, data: bytes) -> None:
         session = link.session
         if isinstance(session, PublisherSession):
             session.receive(data)
-        else:
+        elif isinstance(session, SubscriberSession):
             self._deliver(session.receive(data))
+            if session.revoked:
+                # The cluster moved these channels' slots: until they are subscribed at
+                # their new owners, messages on them are missed. Say so, and re-route.
+                self._went_down(f"the cluster moved {len(session.revoked)} channel(s) to "
+                                "another shard")
+                session.revoked.clear()
+                self._ask_topology()
+        elif isinstance(session, TopologySession):
+            slots = session.receive(data)
+            if slots is not None:
+                self._new_topology(slots)
+                return
         if session.ready and link._timer is not None:
             link.ready()
-        if session.ready and not self._up and self._sub_session.ready \
-                and self._pub_session.ready:
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        if self._up or not self._nodes or (self.cluster and self._slots is None):
+            return
+        if all(node.ready for node in self._nodes.values()):
             self._restored()
 
     def _deliver(self, messages: list[Any]) -> None:
@@ -470,19 +394,26 @@ class RedisPubSub:
             self.received += 1
             topics.deliver(topic, opcode, data, exclude or None)
 
-    def _link_lost(self, link: _Link, reason: str) -> None:
+    def _link_lost(self, link: Link, reason: str) -> None:
         session = link.session
         if isinstance(session, PublisherSession):
             lost = session.lost()
             if lost:
                 self._drop(lost)
-        else:
+        elif isinstance(session, (SubscriberSession, TopologySession)):
             session.lost()
+        if self.cluster and link is not self._topology and (
+                "MOVED" in reason or "ASK" in reason or "CLUSTERDOWN" in reason):
+            self._ask_topology()
+        host, port = link.address
+        self._went_down(f"{link.name} connection to {host}:{port}: {reason}")
+
+    def _went_down(self, message: str) -> None:
+        """Tell the handler, once per outage, that messages may be missed from now on."""
         if self._up is not False:
             self._up = False
             self.losses += 1
             self._down_since = self.loop.time()
-            message = f"{link.name} connection to {self.url.redacted()}: {reason}"
             logger.warning("backplane lost: %s", message)
             if self.server is not None:
                 self.server._backplane_event("on_backplane_lost", message)

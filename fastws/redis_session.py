@@ -12,6 +12,9 @@ mode cannot publish.
 * `PublisherSession` authenticates, answers `ready` to its PING, and sends PUBLISH (or
   SPUBLISH) commands; it counts the ones Redis has not acknowledged yet, which a lost
   connection may have lost.
+* `TopologySession` asks a Redis Cluster node which primary serves which hash slots
+  (CLUSTER SLOTS); `ClusterSlots.node_for(channel)` routes a sharded channel by its slot
+  (`key_slot`: CRC16 of the channel, or of its {hash tag}, modulo 16384).
 
 `RedisURL` parses redis://[user:password@]host[:port][/db] and rediss:// (TLS). The db
 number is accepted for familiarity: Redis pub/sub channels are not per database.
@@ -28,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Message", "PublisherSession", "RedisError", "RedisURL", "SubscriberSession",
-           "pack_envelope", "unpack_envelope"]
+__all__ = ["ClusterSlots", "Message", "PublisherSession", "RedisError", "RedisURL",
+           "SubscriberSession", "TopologySession", "key_slot", "pack_envelope",
+           "unpack_envelope"]
 
 ENVELOPE_VERSION = 1
 
@@ -146,11 +150,16 @@ class _Session:
 
 
 class SubscriberSession(_Session):
-    """A connection in subscribe mode: the channels we want, and the messages they bring."""
+    """A connection in subscribe mode: the channels we want, and the messages they bring.
+
+    `revoked` collects channels Redis unsubscribed us from by itself (a sharded channel's
+    slot moved to another shard): the caller must find the new owner.
+    """
 
     def __init__(self, url: RedisURL, *, sharded: bool = False) -> None:
         super().__init__(url, sharded=sharded)
         self.channels: set[bytes] = set()
+        self.revoked: list[bytes] = []
         self._subscribe = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._unsubscribe = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
         self._kind = b"smessage" if sharded else b"message"
@@ -181,6 +190,14 @@ class SubscriberSession(_Session):
         self._reader = None
         self.ready = False
 
+    def resync(self) -> bytes:
+        """A PING after new subscriptions on a live connection: `ready` again at its PONG,
+        once they are all confirmed."""
+        if self._reader is None:
+            return b""
+        self.ready = False
+        return self.ping()
+
     def receive(self, data: bytes) -> list[Message]:
         """Received bytes; the messages they complete. Sets `ready` at the first PONG."""
         messages = []
@@ -191,7 +208,10 @@ class SubscriberSession(_Session):
                     messages.append(Message(reply[1], reply[2]))
                 elif kind in (b"pong", b"PONG"):
                     self._pong()
-                # subscribe / unsubscribe confirmations need nothing: the PING orders them
+                elif kind == b"sunsubscribe" and len(reply) == 3 and reply[1] in self.channels:
+                    self.channels.discard(reply[1])
+                    self.revoked.append(reply[1])
+                # other confirmations need nothing: the PING orders them
             elif reply in (b"PONG", "PONG"):
                 self._pong()
             elif reply != b"OK":
@@ -248,3 +268,85 @@ class PublisherSession(_Session):
             elif reply in (b"PONG", "PONG"):
                 self._pings = max(0, self._pings - 1)
                 self.ready = True
+
+
+# ---------------------------------------------------------------------- Redis Cluster
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+SLOTS = 16384
+
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster hash slot of a key or sharded channel (CRC16/XMODEM mod 16384,
+    of the part between the first { and the next } when that part is not empty)."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    crc = 0
+    for byte in key:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
+    return crc % SLOTS
+
+
+class ClusterSlots:
+    """Which primary serves which slots, from CLUSTER SLOTS."""
+
+    def __init__(self, ranges: list[tuple[int, int, tuple[str, int]]]) -> None:
+        self.ranges = sorted(ranges)
+        self._owner: list[tuple[str, int] | None] = [None] * SLOTS
+        for start, end, address in self.ranges:
+            for slot in range(start, end + 1):
+                self._owner[slot] = address
+
+    @classmethod
+    def parse(cls, reply: Any, default_host: str) -> ClusterSlots:
+        ranges = []
+        try:
+            for entry in reply:
+                start, end, primary = int(entry[0]), int(entry[1]), entry[2]
+                host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
+                ranges.append((start, end, (host or default_host, int(primary[1]))))
+        except (TypeError, ValueError, IndexError):
+            raise RedisError(f"a CLUSTER SLOTS answer we cannot read: {reply!r}") from None
+        return cls(ranges)
+
+    @property
+    def primaries(self) -> list[tuple[str, int]]:
+        return sorted({address for _, _, address in self.ranges})
+
+    def node_for(self, channel: bytes) -> tuple[str, int] | None:
+        return self._owner[key_slot(channel)]
+
+
+class TopologySession(_Session):
+    """A short-lived connection that asks a cluster node for the slot map."""
+
+    def hello(self) -> bytes:
+        self._start()
+        self._answers = len(self._auth())
+        return b"".join(self._auth()) + _pack("CLUSTER", "SLOTS")
+
+    def receive(self, data: bytes) -> ClusterSlots | None:
+        for reply in self._replies(data):
+            if self._answers:
+                self._answers -= 1             # AUTH's OK
+                continue
+            self.ready = True
+            return ClusterSlots.parse(reply, self.url.host)
+        return None
+
+    def lost(self) -> None:
+        self._reader = None
+        self.ready = False

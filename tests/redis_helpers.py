@@ -34,6 +34,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    import random
+    for _ in range(200):
+        port = random.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no free port pair for a cluster node")
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     package_parent = str(Path(fastws.__file__).resolve().parent.parent)
@@ -45,10 +60,11 @@ def child_env() -> dict[str, str]:
 class RedisServer:
     """redis-server on 127.0.0.1:port, no persistence; `kill()` and `start()` again."""
 
-    def __init__(self, workdir: Path, *extra: str, tls: bool = False) -> None:
+    def __init__(self, workdir: Path, *extra: str, tls: bool = False,
+                 port: int | None = None) -> None:
         assert REDIS is not None
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.extra = list(extra)
         self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
@@ -215,3 +231,52 @@ def serving_pid(client_port: int, server_port: int, pids: list[int]) -> int | No
         except OSError:
             continue
     return None
+
+
+class RedisCluster:
+    """Three redis-server primaries on free ports, made a Redis Cluster by redis-cli
+    (`--cluster create`, no replicas), no persistence; every node's config in workdir."""
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for index in range(size):
+                node_dir = workdir / f"node{index}"
+                node_dir.mkdir()
+                self.nodes.append(RedisServer(node_dir, "--cluster-enabled", "yes",
+                                              "--cluster-config-file", "nodes.conf",
+                                              "--cluster-node-timeout", "2000",
+                                              port=free_cluster_port()))
+            cli = shutil.which("redis-cli")
+            assert cli is not None, "redis-cli (redis-tools) is needed to create a cluster"
+            subprocess.run([cli, "--cluster", "create",
+                            *[f"127.0.0.1:{node.port}" for node in self.nodes],
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=30)
+            deadline = time.monotonic() + START_TIMEOUT
+            while not all(b"cluster_state:ok" in node.command("CLUSTER", "INFO")
+                          for node in self.nodes):
+                assert time.monotonic() < deadline, "the cluster did not become ok"
+                time.sleep(0.05)          # bounded poll for the cluster to agree
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def owner(self, channel: str) -> RedisServer:
+        slot = int(self.nodes[0].command("CLUSTER", "KEYSLOT", channel))
+        for node in self.nodes:
+            for start, end, *_ in node.command("CLUSTER", "SLOTS"):
+                if start <= slot <= end and _[0][1] == node.port:
+                    return node
+        raise AssertionError(f"no node owns slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(node.command("CLUSTER", "MYID").decode())
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -13,7 +13,7 @@ import resource
 
 import pytest
 from conftest import run_until
-from redis_helpers import REDIS, ChatServer, RedisServer, serving_pid
+from redis_helpers import REDIS, ChatServer, RedisCluster, RedisServer, serving_pid
 
 import fastws
 from fastws import OpCode
@@ -375,6 +375,54 @@ def test_publishes_wait_for_redis_in_a_bounded_queue(tmp_path, loop):
             server.close()
     finally:
         redis.stop()
+
+
+def test_a_redis_cluster_with_sharded_pubsub(tmp_path, loop):
+    """Channels are routed to the primary that owns their slot; when the cluster gives a
+    slot to another primary, the handler is told and the channel follows it."""
+    cluster = RedisCluster(tmp_path)
+    try:
+        servers, rooms = serve_linked(loop, fastws.RedisPubSub(cluster.url, cluster=True),
+                                      fastws.RedisPubSub(cluster.url, cluster=True))
+        try:
+            run_until(loop, lambda: all(s.pubsub.connected for s in servers))
+            assert all(len(s.pubsub.nodes) == 3 for s in servers)
+            # Several topics, spread over the shards: "t" (Room's) and three more.
+            topics = ["t", "red", "green", "blue"]
+            owners = {topic: cluster.owner(f"fastws:{topic}") for topic in topics}
+            assert len({owner.port for owner in owners.values()}) >= 2
+            members = members_of(loop, servers)
+            for member in members:
+                for topic in topics[1:]:
+                    server = servers[members.index(member)]
+                    next(iter(server.connections)).subscribe(topic)
+            for topic, owner in owners.items():
+                run_until(loop, lambda o=owner, t=topic: o.numsub(f"fastws:{t}",
+                                                                  sharded=True) == 2)
+            for topic in topics:
+                servers[topics.index(topic) % 2].publish(topic, f"on {topic}")
+            run_until(loop, lambda: all(len(m.received) == 4 for m in members))
+            assert all(sorted(texts(m)) == sorted(f"on {t}" for t in topics) for m in members)
+
+            # The cluster gives the slot of "red" to another primary (no keys to move:
+            # pub/sub only): its subscribers are unsubscribed by Redis; the backplane
+            # tells the handler and subscribes at the new owner.
+            old = owners["red"]
+            new = next(node for node in cluster.nodes if node is not old)
+            slot = int(old.command("CLUSTER", "KEYSLOT", "fastws:red"))
+            new_id = cluster.node_id(new)
+            for node in (new, old, *[n for n in cluster.nodes if n not in (new, old)]):
+                node.command("CLUSTER", "SETSLOT", str(slot), "NODE", new_id)
+            run_until(loop, lambda: all(("lost" in [e[0] for e in r.events]) for r in rooms))
+            run_until(loop, lambda: new.numsub("fastws:red", sharded=True) == 2, timeout=20)
+            run_until(loop, lambda: all(s.pubsub.connected for s in servers))
+            assert all(r.events[-1][0] == "restored" for r in rooms)
+            servers[1].publish("red", "after the move")
+            run_until(loop, lambda: all(texts(m)[-1] == "after the move" for m in members))
+        finally:
+            close_all(loop, servers)
+    finally:
+        cluster.stop()
 
 
 def test_pubsub_settings_are_checked(loop):
