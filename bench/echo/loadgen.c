@@ -694,6 +694,13 @@ int main(int argc, char **argv) {
         if (phase == 0 && (t >= measure_to || stop_signal)) {
             phase = 1; sending = 0; phase_deadline = t + 10000000000ULL;
             cpu_to = cpu_now();
+            if (opt_mode == MODE_FANOUT && count_measured) {
+                /* The messages in flight reach every subscriber at the rate measured: give
+                 * a slow server twice that long (up to 2 minutes) to drain them. */
+                double rate = count_measured / ((measure_to - measure_from) / 1e9);
+                double drain = 2.0 * (double)(fan_sent - fan_done) * opt_conns / rate;
+                if (drain > 10) phase_deadline = t + (uint64_t)((drain < 120 ? drain : 120) * 1e9);
+            }
         }
         if (phase == 1) {
             int pending = 0;

@@ -151,7 +151,7 @@ def run_loadgen(build: str, port: int, conns: int, size: int, inflight: int, dur
            "--size", str(size), "--duration", str(duration), "--warmup", str(warmup)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin(LOAD_CPU),
-                           timeout=warmup + duration + 180)
+                           timeout=warmup + duration + 300)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": "loadgen timed out"}
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
