@@ -16,13 +16,14 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import run_until
-from redis_helpers import REDIS, ChatServer, RedisServer
+from redis_helpers import REDIS, ChatServer, RedisServer, child_env
 from test_browser import CHROMIUM
 
 import fastws
@@ -47,6 +48,14 @@ def test_room_names():
     assert room_of("/chat/caf%C3%A9") == "café"
     assert room_of("/chat/") is None and room_of("/lobby") is None
     assert room_of("/chat/" + "x" * 101) is None
+
+
+def test_a_bad_redis_url_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "fastws", "chat", "--port", "0", "--redis",
+                             "http://127.0.0.1:6379/"], capture_output=True, text=True,
+                            timeout=30, env=child_env())
+    assert result.returncode == 2
+    assert "--redis" in result.stderr and "not a Redis URL" in result.stderr
 
 
 def test_the_relay_without_redis(tmp_path, loop):
