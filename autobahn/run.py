@@ -76,8 +76,10 @@ def selection(args: argparse.Namespace) -> list[str]:
 
 def run_server_mode(args: argparse.Namespace, outdir: str) -> None:
     port = free_port()
+    # The suite's largest messages are 16 MiB (cases 9.1.6, 9.2.6); fastws' default is 4 MiB.
     echo = subprocess.Popen([sys.executable, "-m", "fastws", "echo", "--port", str(port),
-                             "--workers", str(args.parallel)],
+                             "--workers", str(args.parallel),
+                             "--max-message-size", str(16 * 1024 * 1024)],
                             cwd=ROOT)
     try:
         wait_for_port(port, echo)

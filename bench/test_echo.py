@@ -50,7 +50,8 @@ def loadgen(tmp_path_factory) -> str:
     if cc is None:
         pytest.skip("no C compiler (cc) to build bench/echo/loadgen.c")
     out = str(tmp_path_factory.mktemp("echo") / "loadgen")
-    subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "echo", "loadgen.c")], check=True)
+    subprocess.run([cc, "-O2", "-pthread", "-o", out, os.path.join(HERE, "echo", "loadgen.c")],
+                   check=True)
     return out
 
 

@@ -2,7 +2,7 @@
 
 The client sends "Hello, world €" as three frames: a TEXT frame with fin=False, then
 CONTINUATION frames, the last one with fin=True (the € sign is split across two of them).
-The server's /whole path keeps the default chain, whose Consolidate stage hands the handler
+The server's /whole path keeps the default chain, whose Consolidate switch hands the handler
 one frame per message; /raw drops Consolidate and sees every fragment as it arrives.
 
 Run:  python examples/fragmentation.py

@@ -55,6 +55,8 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_LIMITS = fastws.Limits()      # the defaults of the options below: one place for each
+
 _BINARY = int(OpCode.BINARY)   # a plain int: an enum member lookup costs ~60 ns per message
 
 
@@ -145,22 +147,8 @@ def run_echo(args: argparse.Namespace) -> int:
     sys.stdout.flush()
 
     def shut_down(signum: int, _frame: object) -> None:
-        loop.call_soon_threadsafe(stop)
-
-    deadline = 0.0
-
-    def stop() -> None:
-        # Graceful: every WebSocket gets 1001 and close_timeout to answer, then we exit.
-        nonlocal deadline
-        deadline = loop.time() + args.close_timeout + 0.5
-        server.close()
-        wait_for_connections()
-
-    def wait_for_connections() -> None:
-        if server.all_connections and loop.time() < deadline:
-            loop.call_later(0.02, wait_for_connections)
-        else:
-            loop.stop()
+        # Graceful: every WebSocket gets 1001 and close_timeout to answer, then the loop stops.
+        loop.call_soon_threadsafe(server.shutdown)
 
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
@@ -428,20 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--port", type=_tcp_port, default=9001)
     echo.add_argument("--certfile", help="TLS certificate chain (PEM); serves wss://")
     echo.add_argument("--keyfile", help="TLS private key (PEM)")
-    echo.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024,
-                      help="largest frame and message accepted, in bytes (default 16 MiB)")
+    echo.add_argument("--max-message-size", type=int, default=_LIMITS.max_message_size,
+                      help="largest frame and message accepted, in bytes "
+                           f"(default {_LIMITS.max_message_size})")
     echo.add_argument("--no-compression", action="store_true",
                       help="do not negotiate permessage-deflate")
     echo.add_argument("--workers", type=int, default=1,
                       help="processes sharing the port with SO_REUSEPORT (default 1)")
     echo.add_argument("--max-connections", type=int, default=None,
                       help="pause accepting above this many open connections")
-    echo.add_argument("--handshake-timeout", type=float, default=10.0,
-                      help="seconds for TLS and the first request (default 10)")
-    echo.add_argument("--idle-timeout", type=float, default=60.0,
-                      help="seconds an idle HTTP keep-alive connection stays open (default 60)")
-    echo.add_argument("--close-timeout", type=float, default=5.0,
-                      help="seconds to wait for the peer's close frame (default 5)")
+    echo.add_argument("--handshake-timeout", type=float, default=_LIMITS.handshake_timeout,
+                      help="seconds for TLS and the first request "
+                           f"(default {_LIMITS.handshake_timeout:g})")
+    echo.add_argument("--idle-timeout", type=float, default=_LIMITS.idle_timeout,
+                      help="seconds an idle HTTP keep-alive connection stays open "
+                           f"(default {_LIMITS.idle_timeout:g})")
+    echo.add_argument("--close-timeout", type=float, default=_LIMITS.close_timeout,
+                      help="seconds to wait for the peer's close frame "
+                           f"(default {_LIMITS.close_timeout:g})")
     echo.add_argument("--origin", action="append", default=None,
                       help="allowed Origin for WebSocket upgrades (repeatable; default: any)")
     _add_busy_poll(echo)
@@ -484,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send every message received straight back; exit when the peer closes")
     client.add_argument("--cafile", help="CA certificates to trust for wss:// (PEM)")
     client.add_argument("--insecure", action="store_true", help="do not verify the certificate")
-    client.add_argument("--max-message-size", type=int, default=16 * 1024 * 1024)
+    client.add_argument("--max-message-size", type=int, default=_LIMITS.max_message_size,
+                        help="largest frame and message accepted, in bytes "
+                             f"(default {_LIMITS.max_message_size})")
     client.add_argument("--no-compression", action="store_true",
                         help="do not offer permessage-deflate")
     _add_busy_poll(client)

@@ -36,7 +36,7 @@ class Receiver:
 
 @disjoint_base
 class Protocol(FrameParser):
-    sink: Sink | None
+    sink: Sink
     receiver: Receiver | None
     reassemble: bool
     auto_pong: bool

@@ -132,6 +132,7 @@ cdef class Transport(Sink):
     cdef object _server_hostname
     cdef bint _handshaking            # TLS handshake in progress: it owns the fd
     # reading
+    cdef bytearray _read_buffer       # the thread's read buffer (shared by its transports)
     cdef bint _reading
     cdef bint _reading_paused
     cdef bint _discarding             # end(): input is read only to see the peer's EOF
@@ -275,7 +276,9 @@ cdef class Transport(Sink):
         if self.tls:
             self._read_tls()
             return
-        cdef bytearray buffer = _thread_buffer("read", READ_SIZE)
+        cdef bytearray buffer = self._read_buffer
+        if buffer is None:
+            buffer = self._read_buffer = _thread_buffer("read", READ_SIZE)
         cdef char *data = PyByteArray_AS_STRING(buffer)
         cdef ssize_t n
         cdef int err
@@ -297,7 +300,9 @@ cdef class Transport(Sink):
             self._received(buffer, <const uint8_t *>data, n)
 
     cdef int _read_tls(self) except -1:
-        cdef bytearray buffer = _thread_buffer("read", READ_SIZE)
+        cdef bytearray buffer = self._read_buffer
+        if buffer is None:
+            buffer = self._read_buffer = _thread_buffer("read", READ_SIZE)
         sock = self.sock
         while True:
             try:
@@ -337,7 +342,7 @@ cdef class Transport(Sink):
         finally:
             self._corked = False
         if not self.closed:
-            self.flush()
+            self._flush()
         return 0
 
     cdef int _eof(self) except -1:
@@ -421,33 +426,58 @@ cdef class Transport(Sink):
 
     def flush(self):
         """Send what is queued now (writes made during a read are flushed after it)."""
+        self._flush()
+
+    cdef int _flush(self) except -1:
         if self._queue:
             if not self._writer_registered and not self._handshaking:
                 self._send()
         elif self._ending and not self._corked:
             self._shut_output()
+        return 0
 
     cdef int _send(self) except -1:
         """Send as much of the queue as the kernel takes, then settle what is left."""
         if self.closed or self._handshaking:
             return 0
+        queue = self._queue
         cdef Py_ssize_t sent
-        try:
-            while self._queue:
-                sent = self._send_tls() if self.tls else self._send_plain()
-                if sent < 0:
-                    break
-                self._consume(sent)
-                if sent < self._attempted:
-                    break                 # the kernel's buffer is full
-        except OSError as exc:
-            self.close(exc)
-            return 0
+        while queue:
+            if self.tls:
+                sent = self._send_tls()
+            elif len(queue) == 1 and type(queue[0]) is bytes:
+                sent = self._send_one(<bytes>queue[0])     # the usual case: one reply
+            else:
+                sent = self._send_plain()
+            if sent < 0:
+                return 0                  # failed: the transport closed
+            self._consume(sent)
+            if sent < self._attempted:
+                break                     # the kernel's buffer is full
         return self._after_send()
 
-    cdef Py_ssize_t _send_plain(self) except -1:
+    cdef Py_ssize_t _send_one(self, bytes data) except -2:
+        self._attempted = PyBytes_GET_SIZE(data)
+        cdef ssize_t sent
+        while True:
+            sent = c_send(self._fd, PyBytes_AS_STRING(data), <size_t>self._attempted,
+                          MSG_NOSIGNAL)
+            if sent >= 0:
+                return sent
+            if errno != EINTR:
+                return self._send_failed(errno)
+            PyErr_CheckSignals()
+
+    cdef Py_ssize_t _send_failed(self, int err) except -2:
+        """0 when the kernel would block; else close with the error and return -1."""
+        if fastws_would_block(err):
+            return 0
+        self.close(OSError(err, strerror(err).decode("utf-8", "replace")))
+        return -1
+
+    cdef Py_ssize_t _send_plain(self) except -2:
         """One send()/sendmsg() of the queue's head (up to IOV_BATCH pieces, or up to a
-        masked chunk); the bytes sent, 0 when the kernel would block."""
+        masked chunk); the bytes sent, 0 when the kernel would block, -1 after failing."""
         cdef iovec iov[IOV_BATCH]
         cdef Py_buffer *view
         cdef Py_ssize_t count = 0, total = 0
@@ -472,7 +502,6 @@ cdef class Transport(Sink):
             count += 1
         cdef msghdr msg
         cdef ssize_t sent
-        cdef int err
         self._attempted = total
         while True:
             if count == 1:
@@ -484,13 +513,9 @@ cdef class Transport(Sink):
                 sent = c_sendmsg(self._fd, &msg, MSG_NOSIGNAL)
             if sent >= 0:
                 return sent
-            err = errno
-            if err == EINTR:
-                PyErr_CheckSignals()
-                continue
-            if fastws_would_block(err):
-                return 0
-            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+            if errno != EINTR:
+                return self._send_failed(errno)
+            PyErr_CheckSignals()
 
     cdef void *_mask_chunk(self, _Masked item) except NULL:
         cdef bytearray scratch = _thread_buffer("mask", MASK_CHUNK)
@@ -505,8 +530,16 @@ cdef class Transport(Sink):
                                  + item.offset, <size_t>n, item.key, <size_t>item.offset)
         return dst
 
-    cdef Py_ssize_t _send_tls(self) except -1:
-        """One SSLSocket.send(): small pieces joined into one record, large ones alone."""
+    cdef Py_ssize_t _send_tls(self) except -2:
+        """One SSLSocket.send(): small pieces joined into one record, large ones alone; the
+        bytes sent, 0 when it would block, -1 after failing (the transport closed)."""
+        try:
+            return self._send_tls_once()
+        except OSError as exc:
+            self.close(exc)
+            return -1
+
+    cdef Py_ssize_t _send_tls_once(self) except -2:
         queue = self._queue
         head = queue[0]
         cdef bytearray scratch
@@ -543,8 +576,12 @@ cdef class Transport(Sink):
         """Drop `sent` bytes from the head of the queue."""
         queue = self._queue
         cdef Py_ssize_t size
-        self._size -= sent
         self.bytes_sent += sent
+        if sent == self._size:            # the usual case: everything went
+            queue.clear()
+            self._size = 0
+            return 0
+        self._size -= sent
         while sent:
             head = queue[0]
             if type(head) is _Masked:

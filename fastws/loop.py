@@ -25,6 +25,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import ClassVar, Protocol
 
+from ._poll import EpollDispatcher, FdCallbacks
+
 __all__ = ["HasFileno", "Loop", "Timer", "default_loop"]
 
 logger = logging.getLogger("fastws")
@@ -123,20 +125,15 @@ class Timer:
         return f"<Timer when={self._when:.6f} {_describe(self._callback)}{state}>"
 
 
-class _FdCallbacks:
-    """What to call for one registered fd; stored as the selector key's ``data``.
+Selector = selectors.BaseSelector | EpollDispatcher
 
-    Mutated in place when a reader or writer is added or removed, so dispatch sees a removal made
-    by an earlier callback in the same iteration and skips the stale callback.
-    """
 
-    __slots__ = ("reader", "reader_args", "writer", "writer_args")
-
-    def __init__(self) -> None:
-        self.reader: Callback | None = None
-        self.reader_args: tuple[object, ...] = ()
-        self.writer: Callback | None = None
-        self.writer_args: tuple[object, ...] = ()
+def _new_selector(loop: Loop) -> Selector:
+    """The default selector; on epoll, wrapped so that waiting and dispatching run in C."""
+    selector = selectors.DefaultSelector()
+    if isinstance(selector, selectors.EpollSelector):
+        return EpollDispatcher(selector, loop, loop._report_callback_error)
+    return selector
 
 
 class Loop:
@@ -175,7 +172,7 @@ class Loop:
     def __init__(self, *, busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         if not 0.0 <= busy_poll < float("inf"):
             raise ValueError(f"busy_poll must be finite seconds >= 0, not {busy_poll!r}")
-        self._selector: selectors.BaseSelector | None = selectors.DefaultSelector()
+        self._selector: Selector | None = _new_selector(self)
         self._ready: collections.deque[Timer] = collections.deque()
         # Entries are (when, sequence, timer): tuples compare in C, and the sequence number both
         # breaks ties in scheduling order and keeps the comparison from ever reaching the Timer.
@@ -219,7 +216,7 @@ class Loop:
 
     def _open_wakeup(self) -> None:
         assert self._selector is not None
-        callbacks = _FdCallbacks()
+        callbacks = FdCallbacks()
         if _HAVE_EVENTFD:
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._eventfd = fd
@@ -267,7 +264,7 @@ class Loop:
 
     # -- file descriptors ----------------------------------------------------------------------
 
-    def _check_open(self) -> selectors.BaseSelector:
+    def _check_open(self) -> Selector:
         selector = self._selector
         if selector is None:
             raise RuntimeError("fastws Loop is closed")
@@ -291,7 +288,7 @@ class Loop:
             self._forget(selector, key.fileobj)
             key = None
         if key is not None:
-            callbacks: _FdCallbacks = key.data
+            callbacks: FdCallbacks = key.data
             self._set(callbacks, event, callback, args)
             if not key.events & event:
                 try:
@@ -299,17 +296,17 @@ class Loop:
                 except OSError:
                     # The fd was closed and reopened behind our back; the selector has already
                     # dropped the registration, so start afresh with only the new callback.
-                    callbacks = _FdCallbacks()
+                    callbacks = FdCallbacks()
                     self._set(callbacks, event, callback, args)
                     selector.register(fd, event, callbacks)
             return
-        callbacks = _FdCallbacks()
+        callbacks = FdCallbacks()
         self._set(callbacks, event, callback, args)
         selector.register(fd, event, callbacks)
 
     @staticmethod
     def _set(
-        callbacks: _FdCallbacks, event: int, callback: Callback, args: tuple[object, ...]
+        callbacks: FdCallbacks, event: int, callback: Callback, args: tuple[object, ...]
     ) -> None:
         if event == _EVENT_READ:
             callbacks.reader = callback
@@ -319,12 +316,12 @@ class Loop:
             callbacks.writer_args = args
 
     @staticmethod
-    def _forget(selector: selectors.BaseSelector, fd: FileDescriptorLike) -> None:
+    def _forget(selector: Selector, fd: FileDescriptorLike) -> None:
         try:
             key = selector.unregister(fd)
         except (KeyError, ValueError, OSError):
             return
-        callbacks: _FdCallbacks = key.data
+        callbacks: FdCallbacks = key.data
         callbacks.reader = callbacks.writer = None
         callbacks.reader_args = callbacks.writer_args = ()
 
@@ -335,7 +332,7 @@ class Loop:
         except (KeyError, ValueError):
             # ValueError: a closed socket (fileno() == -1) that was registered under another object.
             return False
-        callbacks: _FdCallbacks = key.data
+        callbacks: FdCallbacks = key.data
         if event == _EVENT_READ:
             if callbacks.reader is None:
                 return False
@@ -472,7 +469,7 @@ class Loop:
         finally:
             self._in_iteration = False
 
-    def _iterate(self, selector: selectors.BaseSelector, timeout: float | None) -> None:
+    def _iterate(self, selector: Selector, timeout: float | None) -> None:
         heap = self._timers
         ready = self._ready
         # Cancelled timers at the top would otherwise wake select for nothing.
@@ -491,32 +488,11 @@ class Loop:
             elif timeout > _MAX_SELECT_TIMEOUT:
                 timeout = _MAX_SELECT_TIMEOUT
 
+        poll = selector.dispatch if type(selector) is EpollDispatcher else self._select_and_dispatch
         if self._busy_poll and timeout != 0.0:
-            ready_fds = self._poll_then_sleep(selector, timeout)
+            self._poll_then_sleep(poll, timeout)
         else:
-            ready_fds = selector.select(timeout)
-        self._busy = len(ready_fds) > 1
-        for key, events in ready_fds:
-            callbacks: _FdCallbacks = key.data
-            if events & _EVENT_READ:
-                callback = callbacks.reader
-                if callback is not None:
-                    try:
-                        callback(*callbacks.reader_args)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except BaseException:
-                        logger.exception("exception in reader %s", _describe(callback))
-            if events & _EVENT_WRITE:
-                # Read afresh: the reader above may have removed or replaced the writer.
-                callback = callbacks.writer
-                if callback is not None:
-                    try:
-                        callback(*callbacks.writer_args)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except BaseException:
-                        logger.exception("exception in writer %s", _describe(callback))
+            poll(-1.0 if timeout is None else timeout)
 
         if heap:
             # Within one clock tick counts as due: select may return a hair early, and spinning
@@ -544,31 +520,61 @@ class Loop:
             except BaseException:
                 logger.exception("exception in callback %s", _describe(callback))
 
-    def _poll_then_sleep(
-        self, selector: selectors.BaseSelector, timeout: float | None
-    ) -> list[tuple[selectors.SelectorKey, int]]:
-        ready_fds = selector.select(0)
-        if ready_fds:
-            return ready_fds
+    def _select_and_dispatch(self, timeout: float) -> int:
+        """Wait with the selector (timeout < 0: forever) and run the ready fds' callbacks;
+        the number that were ready. (On epoll, EpollDispatcher.dispatch does this in C.)"""
+        selector = self._selector
+        assert selector is not None and not isinstance(selector, EpollDispatcher)
+        ready_fds = selector.select(None if timeout < 0 else timeout)
+        self._busy = len(ready_fds) > 1
+        for key, events in ready_fds:
+            callbacks: FdCallbacks = key.data
+            if events & _EVENT_READ:
+                callback = callbacks.reader
+                if callback is not None:
+                    try:
+                        callback(*callbacks.reader_args)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException:
+                        self._report_callback_error("reader", callback)
+            if events & _EVENT_WRITE:
+                # Read afresh: the reader above may have removed or replaced the writer.
+                callback = callbacks.writer
+                if callback is not None:
+                    try:
+                        callback(*callbacks.writer_args)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException:
+                        self._report_callback_error("writer", callback)
+        return len(ready_fds)
+
+    @staticmethod
+    def _report_callback_error(kind: str, callback: Callback) -> None:
+        logger.exception("exception in %s %s", kind, _describe(callback))
+
+    def _poll_then_sleep(self, poll: Callable[[float], int], timeout: float | None) -> None:
+        """Poll for up to the adaptive spin, then sleep until `timeout` (see __init__)."""
+        if poll(0.0):
+            return
         monotonic = _time.monotonic
         start = now = monotonic()
         spin = self._spin if timeout is None else min(self._spin, timeout)
         if spin:
             end = start + spin
             while now < end:
-                ready_fds = selector.select(0)
-                if ready_fds:
-                    return ready_fds
+                if poll(0.0):
+                    return
                 now = monotonic()
             if timeout is not None:
                 timeout = max(0.0, timeout - (now - start))
-        ready_fds = selector.select(timeout)
+        ready = poll(-1.0 if timeout is None else timeout)
         slept = monotonic() - now
-        if ready_fds and slept < 2.0 * self._busy_poll:
+        if ready and slept < 2.0 * self._busy_poll:
             self._spin = min(max(self._spin * 2.0, _MIN_SPIN), self._busy_poll)
         elif self._spin:
             self._spin = 0.0 if self._spin < 2.0 * _MIN_SPIN else self._spin / 2.0
-        return ready_fds
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -609,7 +615,7 @@ class Loop:
         if self._running or self._in_iteration:
             raise RuntimeError("cannot fork-reset a running fastws Loop")
         self.close()
-        self._selector = selectors.DefaultSelector()
+        self._selector = _new_selector(self)
         self._sequence = itertools.count()
         self._wakeup_pending = False
         self._spin = self._busy_poll

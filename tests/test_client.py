@@ -7,6 +7,7 @@ transport) reads the client's request head and answers bytes the test crafts.
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import ssl
 import threading
@@ -334,3 +335,33 @@ def test_pause_and_resume_reading_before_the_handshake_finishes(start_server, lo
     conn.close()
     run_until(loop, lambda: client.closed)
     assert client.closed[0][0] == CloseCode.NORMAL
+
+
+class SlowReader(Recorder):
+    """Echoes, but stops reading each connection for a while once it is upgraded."""
+
+    def on_upgraded(self, conn):
+        super().on_upgraded(conn)
+        conn.pause_reading()
+        conn.call_later(0.3, conn.resume_reading)
+
+
+def test_large_masked_frames_survive_partial_sends(start_server, loop, transport):
+    """A client's large frames are masked as they are sent, a chunk at a time: what the
+    kernel does not take is masked again from where it stopped. With the server not reading
+    for a while, the client's sends stop part-way many times; every echo must still match."""
+    server = start_server(SlowReader(echo=True), max_message_size=8 << 20,
+                          max_frame_size=8 << 20, compression=False)
+    client = Recorder()
+    messages = [os.urandom(3 << 20), os.urandom(70_000), bytes(5 << 20), os.urandom(200)]
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop,
+                          compression=False, max_message_size=8 << 20, max_frame_size=8 << 20)
+    run_until(loop, lambda: client.upgraded)
+    for message in messages:
+        conn.send_binary(message)
+    assert conn.write_buffer_size > 0          # the kernel did not take it all at once
+    run_until(loop, lambda: len(client.frames) == len(messages), timeout=30)
+    assert [bytes(f.data) == m for f, m in zip(client.frames, messages, strict=True)] == \
+        [True] * len(messages)
+    conn.close()
+    run_until(loop, lambda: client.closed)

@@ -17,8 +17,9 @@ import fastws
 from fastws import CloseCode, Frame, OpCode
 from fastws.__main__ import EchoHandler
 
-# Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
-pytestmark = pytest.mark.usefixtures("chain")
+# The WebSocket behaviours here run over both chains (see conftest.chain): the fast path
+# and a user stage. The HTTP-phase tests and the two long load tests run once.
+both_chains = pytest.mark.usefixtures("chain")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,6 +140,7 @@ class Flooder:
         self.recorder.closed.append((code, reason))
 
 
+@both_chains
 def test_write_buffer_cap_fails_a_peer_that_does_not_read(start_server, transport):
     flooder = Flooder()
     server = start_server(flooder, max_write_buffer=4 << 20, close_timeout=0.5)
@@ -149,6 +151,7 @@ def test_write_buffer_cap_fails_a_peer_that_does_not_read(start_server, transpor
     assert max(flooder.buffer_sizes) <= (4 << 20) + (1 << 20) + 64
 
 
+@both_chains
 def test_client_that_never_reads_is_paused_and_server_memory_bounded(start_server, transport):
     server = start_server(EchoHandler(), max_message_size=1 << 20)
     flood = RawClient(server.port, transport)
@@ -180,6 +183,7 @@ def test_client_that_never_reads_is_paused_and_server_memory_bounded(start_serve
     assert other.recv_message().data == b"still fine"
 
 
+@both_chains
 def test_graceful_shutdown_sends_1001_and_waits_for_replies(start_server, transport):
     recorder = Recorder()
     server = start_server(recorder, close_timeout=2)
@@ -296,6 +300,7 @@ def test_many_connections_echo_random_messages_without_loss(start_server, transp
     assert {c.closed for c in checkers} == {CloseCode.NORMAL}
 
 
+@both_chains
 def test_handler_exception_does_not_affect_other_connections(start_server, transport):
     class Picky(Recorder):
         def on_frame(self, conn, frame):

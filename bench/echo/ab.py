@@ -9,8 +9,9 @@ For every cell (connections x messages in flight x size) and repeat, the trees r
 the other (A B A B ...), each as `python -m fastws echo` started from its own directory,
 driven by the C load generator of bench/echo (the same binary for both). Server on CPU 0,
 load generator on CPU 1 (`--placement cross`) or on CPU 0 too (`same`: total CPU per message,
-what a busy host sees). Prints medians of msg/s and server CPU us per message, and the ratio
-of each tree to the first.
+what a busy host sees). Prints medians of msg/s, server CPU us per message and the load
+generator's CPU % (flagged "!" above 90 % of its core in the cross-core placement, where the
+cell measures the load generator too), and the ratio of each tree to the first.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
     run.build_c(build)
     run.LOAD_CPU = run.SERVER_CPU if args.placement == "same" else 1
     servers = [TreeServer(name, path, args.busy_poll, build) for name, path in trees]
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     try:
         for cell in args.cells:
             conns, inflight, size = parse_cell(cell)
@@ -97,9 +98,10 @@ def main() -> None:
                         continue
                     rate = r["msgs_per_s"]
                     results.setdefault((cell, server.name), []).append(
-                        (rate, cpu / r["total_messages"] * 1e6))
+                        (rate, cpu / r["total_messages"] * 1e6, r.get("cpu_pct", 0.0)))
                     print(f"  {cell:>14} {server.name:>10}: {rate:12,.0f} msg/s "
-                          f"{cpu / r['total_messages'] * 1e6:8.2f} us/msg", flush=True)
+                          f"{cpu / r['total_messages'] * 1e6:8.2f} us/msg  loadgen "
+                          f"{r.get('cpu_pct', 0.0):.0f}%", flush=True)
     finally:
         for server in servers:
             server.stop()
@@ -114,11 +116,14 @@ def main() -> None:
             if not runs:
                 line.append(f"{name}: -")
                 continue
-            rate = statistics.median(r for r, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
-            text = f"{name}: {rate:,.0f} msg/s {cpu:.2f} us"
+            rate = statistics.median(r for r, _, _ in runs)
+            cpu = statistics.median(c for _, c, _ in runs)
+            loadgen = statistics.median(g for _, _, g in runs)
+            busy = loadgen > run.LOADGEN_BUSY_PCT and args.placement == "cross"
+            flag = "!" if busy else ""
+            text = f"{name}: {rate:,.0f} msg/s {cpu:.2f} us loadgen {loadgen:.0f}%{flag}"
             if base and name != first:
-                text += f" ({rate / statistics.median(r for r, _ in base):.3f}x)"
+                text += f" ({rate / statistics.median(r for r, _, _ in base):.3f}x)"
             line.append(text)
         print("  ".join(line))
 

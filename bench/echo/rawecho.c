@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -91,12 +92,16 @@ static void on_event(conn_t *c, unsigned events) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: rawecho PORT [HOST]\n"); return 64; }
+    if (argc < 2) { fprintf(stderr, "usage: rawecho PORT [HOST [WORKERS]]\n"); return 64; }
+    int workers = argc > 3 ? atoi(argv[3]) : 1;
+    for (int i = 1; i < workers; i++)
+        if (fork() == 0) { prctl(PR_SET_PDEATHSIG, SIGTERM); break; }
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(ls, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
     inet_pton(AF_INET, argc > 2 ? argv[2] : "127.0.0.1", &a.sin_addr);
     if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 4096)) { perror("rawecho"); return 1; }

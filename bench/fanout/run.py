@@ -12,7 +12,7 @@ subscribers, and every binary message received on /pub is sent to all of them:
 - fastws across 2 workers linked by Redis (`serve(workers=2, pubsub=...)`): the publisher
   lands on one worker, subscribers on both; every message goes through Redis.
 
-The C load generator (bench/echo/loadgen.c, `--mode fanout`) opens the subscribers and
+The C load generator (bench/fanout/fanout.c) opens the subscribers and
 the publisher, keeps `--inflight` messages in flight (a message is done when every
 subscriber has it), checks that every subscriber gets every message once, in order, byte
 for byte, and measures deliveries per second and publish-to-delivery latency. Servers are
@@ -146,7 +146,7 @@ def servers(redis_port: int | None) -> list[dict]:
 
 def run_loadgen(build: str, port: int, conns: int, size: int, inflight: int, duration: float,
                 warmup: float) -> dict:
-    cmd = [f"{build}/loadgen", "--port", str(port), "--mode", "fanout", "--path", "/sub",
+    cmd = [f"{build}/fanout", "--port", str(port), "--path", "/sub",
            "--pub-path", "/pub", "--conns", str(conns), "--inflight", str(inflight),
            "--size", str(size), "--duration", str(duration), "--warmup", str(warmup)]
     try:
@@ -186,7 +186,7 @@ def report(args, runs: list[dict], started: str, load: list[float]) -> str:
          "Each server sends every binary message received on /pub to every connection on "
          "/sub: fastws `server.publish`, websockets `broadcast`, picows (uvloop) a loop of "
          "`transport.send`, Node's ws a loop of `client.send`. The load generator "
-         "(`bench/echo/loadgen.c --mode fanout`) keeps 64 messages in flight "
+         "(`bench/fanout/fanout.c`) keeps 64 messages in flight "
          "(\"throughput\") or one (\"latency\"); a message is done when every subscriber "
          "has it. It checks every "
          "delivery (once, in order, byte for byte) and measures publish-to-delivery latency "
@@ -278,8 +278,8 @@ def main() -> None:
         subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=f"{HERE}/node",
                        check=True)
     build = tempfile.mkdtemp(prefix="fastws-fanout-")
-    subprocess.run(["cc", "-O2", "-o", f"{build}/loadgen", f"{BENCH}/echo/loadgen.c"],
-                   check=True)
+    subprocess.run(["cc", "-O2", "-I", f"{BENCH}/echo", "-o", f"{build}/fanout",
+                    f"{HERE}/fanout.c"], check=True)
     redis = None
     if not args.no_redis and shutil.which("redis-server"):
         redis_port = free_port()

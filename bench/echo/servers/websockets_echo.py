@@ -1,9 +1,10 @@
 """websockets (asyncio implementation) echo server, compression off.
 
-python websockets_echo.py --port P
+python websockets_echo.py --port P [--certfile CERT --keyfile KEY]
 """
 import argparse
 import asyncio
+import ssl
 
 from websockets.asyncio.server import serve
 
@@ -13,8 +14,17 @@ async def echo(ws):
         await ws.send(message)
 
 
-async def main(host, port):
-    async with serve(echo, host, port, compression=None, max_size=64 * 1024 * 1024,
+def server_tls(certfile, keyfile):
+    """A server-side TLS context for --certfile/--keyfile, or None for ws://."""
+    if not certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+async def main(host, port, tls):
+    async with serve(echo, host, port, ssl=tls, compression=None, max_size=64 * 1024 * 1024,
                      ping_interval=None) as server:
         print("listening", flush=True)
         await server.serve_forever()
@@ -24,5 +34,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--certfile", help="TLS certificate chain (PEM): serve wss://")
+    ap.add_argument("--keyfile", help="TLS private key (PEM)")
     args = ap.parse_args()
-    asyncio.run(main(args.host, args.port))
+    asyncio.run(main(args.host, args.port, server_tls(args.certfile, args.keyfile)))
