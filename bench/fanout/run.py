@@ -328,11 +328,14 @@ def main() -> None:
             server.stop()
         if redis is not None:
             redis.stop()
-    with open(os.path.join(HERE, "results.json"), "w") as f:
+    default_out = os.path.abspath(args.output) == os.path.join(BENCH, "RESULTS.md")
+    raw_path = (os.path.join(HERE, "results.json") if default_out
+                else os.path.splitext(args.output)[0] + ".json")
+    with open(raw_path, "w") as f:
         json.dump({"argv": args.argv, "started": started, "load": load, "runs": runs}, f,
                   indent=1)
     write_section(args.output, report(args, runs, started, load))
-    print(f"wrote {args.output} and {HERE}/results.json; logs in {build}")
+    print(f"wrote {args.output} and {raw_path}; logs in {build}")
 
 
 if __name__ == "__main__":
