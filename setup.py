@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 INCLUDE = os.path.join(HERE, "include")
 
 EXTENSIONS = ["fastws._codec", "fastws._protocol", "fastws._transport", "fastws._connection",
-              "fastws._poll", "fastws._inbox", "fastws._asyncio_transport",
+              "fastws._poll", "fastws._inbox", "fastws._fanout", "fastws._asyncio_transport",
               "fastws._asyncio_websocket"]
 
 

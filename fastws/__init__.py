@@ -6,6 +6,7 @@ event loop, HTTP server, client and stage chain are Python around them (docs/arc
 """
 
 import os as _os
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._codec import (
     CloseCode,
@@ -41,6 +42,19 @@ from .loop import Loop, Timer, default_loop
 from .reconnect import Backoff
 from .server import Server, serve
 from .stages import AutoPing, AutoPong, Consolidate, Stage
+from .topics import SlowConsumers, Topics, broadcast
+
+if _TYPE_CHECKING:
+    from .backplane import RedisPubSub
+
+
+def __getattr__(name: str) -> object:
+    # The Redis backplane is imported when first used: a server without it, and every
+    # client, start without its modules.
+    if name == "RedisPubSub":
+        from .backplane import RedisPubSub
+        return RedisPubSub
+    raise AttributeError(f"module 'fastws' has no attribute {name!r}")
 
 
 def get_include() -> str:
@@ -85,15 +99,19 @@ __all__ = [
     "ProtocolError",
     "ProxyError",
     "RedirectError",
+    "RedisPubSub",
     "Request",
     "Response",
     "Server",
+    "SlowConsumers",
     "Stage",
     "State",
     "Timer",
+    "Topics",
     "Utf8Validator",
     "__version__",
     "accept",
+    "broadcast",
     "close_payload",
     "connect",
     "default_loop",

@@ -1,4 +1,5 @@
-"""The command line: `python -m fastws echo` (an echo server) and `python -m fastws client URL`.
+"""The command line: `python -m fastws echo` (an echo server), `python -m fastws chat` (a chat
+relay, fastws.chat) and `python -m fastws client URL`.
 
 Expected failures (a file that will not load, a port in use, a refused connection) end
 with one line on stderr and exit status 1; mistakes on the command line are argparse
@@ -159,6 +160,59 @@ def run_echo(args: argparse.Namespace) -> int:
         loop.close()
         # In the parent of --workers: server.close() told the workers to stop; wait for them.
         if not server.join_workers(args.close_timeout + 5):
+            for pid in server.worker_pids:
+                os.kill(pid, signal.SIGKILL)
+            server.join_workers()
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """`python -m fastws chat`: rooms are topics, linked across processes by --redis."""
+    from .chat import ChatRelay
+    from .topics import SlowConsumers
+    limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
+    context = _server_ssl(args.certfile, args.keyfile) if args.certfile else None
+    pubsub = None
+    if args.redis:
+        try:
+            pubsub = fastws.RedisPubSub(args.redis, sharded=args.sharded, cluster=args.cluster)
+        except ValueError as exc:
+            _usage_error(args, f"--redis: {exc}")
+        except ImportError:
+            raise CommandError("--redis needs hiredis: pip install 'fastws[redis]'") from None
+    # Shared compression: every client's messages are compressed once per room message.
+    compression = None if args.no_compression else {"server_no_context_takeover": True}
+    loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
+    try:
+        server = fastws.serve(ChatRelay(), args.host, args.port, ssl=context, loop=loop,
+                              workers=max(1, args.workers), compression=compression,
+                              origins=args.origin, pubsub=pubsub,
+                              slow_consumers=SlowConsumers(args.slow_consumers,
+                                                           args.max_backlog), **limits)
+    except socket.gaierror as exc:
+        loop.close()
+        raise CommandError(f"cannot resolve {args.host}: {_strerror(exc)}") from None
+    except OSError as exc:
+        loop.close()
+        raise CommandError(f"cannot listen on {_address(args.host, args.port)}: "
+                           f"{_strerror(exc)}") from None
+    scheme = "wss" if args.certfile else "ws"
+    sys.stdout.write(f"fastws chat server on {scheme}://{server.host}:{server.port}/ "
+                     f"(pid {os.getpid()}, worker {server.worker})\n")
+    sys.stdout.flush()
+
+    def shut_down(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(server.shutdown)
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    try:
+        loop.run()
+    finally:
+        if server.is_serving:
+            server.close()
+        loop.close()
+        if not server.join_workers(6):
             for pid in server.worker_pids:
                 os.kill(pid, signal.SIGKILL)
             server.join_workers()
@@ -350,7 +404,8 @@ otherwise (one line on stderr says why), 2 for a usage error."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fastws",
-                                     description="fastws: WebSocket echo server and client",
+                                     description="fastws: WebSocket echo server, chat relay "
+                                                 "and client",
                                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"fastws {fastws.__version__}")
     parser.add_argument("-v", "--log-level", default="WARNING", type=str.upper,
@@ -386,6 +441,37 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--origin", action="append", default=None,
                       help="allowed Origin for WebSocket upgrades (repeatable; default: any)")
     _add_busy_poll(echo)
+
+    chat = commands.add_parser(
+        "chat", help="run a chat relay: ws://HOST:PORT/chat/ROOM; rooms span workers and "
+        "machines with --redis", epilog=EPILOG)
+    chat.set_defaults(parser=chat)
+    chat.add_argument("--host", default="127.0.0.1")
+    chat.add_argument("--port", type=_tcp_port, default=9002)
+    chat.add_argument("--redis", metavar="URL",
+                      help="link every worker and machine through Redis: "
+                           "redis://[user:password@]host:port/db or rediss://...")
+    chat.add_argument("--sharded", action="store_true",
+                      help="use Redis 7 sharded pub/sub (SSUBSCRIBE/SPUBLISH)")
+    chat.add_argument("--cluster", action="store_true",
+                      help="--redis names a node of a Redis Cluster: route each room to the "
+                           "shard that owns it (sharded pub/sub)")
+    chat.add_argument("--workers", type=int, default=1,
+                      help="processes sharing the port with SO_REUSEPORT (default 1)")
+    chat.add_argument("--certfile", help="TLS certificate chain (PEM); serves wss://")
+    chat.add_argument("--keyfile", help="TLS private key (PEM)")
+    chat.add_argument("--max-message-size", type=int, default=64 * 1024,
+                      help="largest message accepted, in bytes (default 64 KiB)")
+    chat.add_argument("--slow-consumers", choices=("close", "drop"), default="close",
+                      help="a client too far behind: close it with 1008 (default) or drop "
+                           "messages for it")
+    chat.add_argument("--max-backlog", type=int, default=1024 * 1024,
+                      help="unsent bytes that make a client too far behind (default 1 MiB)")
+    chat.add_argument("--no-compression", action="store_true",
+                      help="do not negotiate permessage-deflate")
+    chat.add_argument("--origin", action="append", default=None,
+                      help="allowed Origin for WebSocket upgrades (repeatable; default: any)")
+    _add_busy_poll(chat)
 
     client = commands.add_parser("client", help="connect to a WebSocket server", epilog=EPILOG)
     client.set_defaults(parser=client)
@@ -437,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.keyfile and not args.certfile:
                 _usage_error(args, "--keyfile needs --certfile (the certificate chain)")
             return run_echo(args)
+        if args.command == "chat":
+            if args.keyfile and not args.certfile:
+                _usage_error(args, "--keyfile needs --certfile (the certificate chain)")
+            return run_chat(args)
         return run_client(args)
     except CommandError as exc:
         print(exc, file=sys.stderr)

@@ -29,6 +29,12 @@ cdef class Sink:
                          uint32_t key) except -1
     # Nothing more will be written: close the connection once what was written is sent.
     cdef int end(self) except -1
+    # Batching for broadcasts (fastws._fanout): hold() keeps writes until release(), which
+    # sends them with one write; hold() returns 1 when the sink was not held (the caller
+    # must release it), 0 when it was or cannot be. unsent(): bytes written, not yet sent.
+    cdef int hold(self) except -1
+    cdef int release(self) except -1
+    cdef Py_ssize_t unsent(self)
 
 
 cdef class Receiver:
@@ -58,6 +64,7 @@ cdef class Protocol(FrameParser):
     cdef uint32_t _utf8                 # UTF-8 state of decoded text
     # the outbound message in progress
     cdef int _out_opcode                # -1 when none
+    cdef list _deferred                 # pre-encoded frames waiting for it to end
     # the closing handshake: (code, reason) of the close frames sent and received
     cdef readonly object close_sent
     cdef readonly object close_rcvd
@@ -66,6 +73,11 @@ cdef class Protocol(FrameParser):
     cdef object _first_close            # close_sent or close_rcvd, whichever came first
 
     cdef int send_c(self, int opcode, object data, bint fin, int rsv) except -1
+    # A whole unmasked text or binary frame encoded once for many connections (a server's
+    # broadcast): 1 when queued (or deferred behind an outgoing fragmented message), 0 when
+    # the connection is not open.
+    cdef int send_encoded_c(self, bytes frame) except -1
+    cdef int _write_deferred(self) except -1
     cdef int _write_frame(self, int opcode, object data, Py_ssize_t size, bint fin,
                           int rsv) except -1
     cdef int _data_frame(self, bint fin, int rsv, int opcode, bint masked, uint32_t key,

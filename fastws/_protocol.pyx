@@ -120,6 +120,19 @@ cdef class Sink:
         self.ended = True
         return 0
 
+    cdef int hold(self) except -1:
+        return 0          # this sink keeps everything until data_to_send() anyway
+
+    cdef int release(self) except -1:
+        return 0
+
+    cdef Py_ssize_t unsent(self):
+        cdef Py_ssize_t size = 0
+        if self._chunks is not None:
+            for chunk in self._chunks:
+                size += len(chunk)
+        return size
+
     def data_to_send(self):
         """Everything written since the last call, as one bytes object."""
         chunks, self._chunks = self._chunks, None
@@ -396,8 +409,54 @@ cdef class Protocol(FrameParser):
     def pong(self, data=b""):
         self.send_c(OP_PONG, data, True, 0)
 
+    def send_encoded(self, bytes frame not None):
+        """Send a frame encoded once for many connections (a server's broadcast).
+
+        `frame` is a whole (FIN), unmasked text or binary frame, as `encode_frame()` makes
+        it; its RSV bits must be the extension's (permessage-deflate: compressed once by a
+        compressor the connection's negotiation allows sharing, see Deflate.shared_window_bits).
+        Only a server may send it: a client masks every frame with a fresh key. Inside an
+        outgoing fragmented message it waits, in order, until the message's last frame is
+        sent. Returns False (and sends nothing) when the connection is not open.
+        """
+        return self.send_encoded_c(frame) == 1
+
+    cdef int send_encoded_c(self, bytes frame) except -1:
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
+        cdef const uint8_t *head = <const uint8_t *>PyBytes_AS_STRING(frame)
+        cdef int rsv
+        if self._status != STATE_OPEN:
+            return 0
+        if self.is_client:
+            raise ValueError("a client masks every frame with a fresh key: "
+                             "a frame encoded for many connections is a server's")
+        if size < 2 or (head[0] & 0x8F) not in (0x80 | OP_TEXT, 0x80 | OP_BINARY) \
+                or head[1] & 0x80:
+            raise ValueError("a pre-encoded frame is a whole (FIN), unmasked text or binary "
+                             "message")
+        rsv = (head[0] >> 4) & 7
+        if rsv & ~self._extension_rsv:
+            raise ValueError(f"the frame's RSV bits {rsv} are not negotiated on this connection")
+        if self._out_opcode >= 0:
+            # A new message may not start inside a fragmented one: it waits for the end.
+            if self._deferred is None:
+                self._deferred = []
+            self._deferred.append(frame)
+            return 1
+        if self.sink is not None:
+            self.sink.write(frame)
+        return 1
+
+    cdef int _write_deferred(self) except -1:
+        deferred, self._deferred = self._deferred, None
+        if self.sink is not None:
+            for frame in deferred:
+                self.sink.write(frame)
+        return 0
+
     cdef int send_c(self, int opcode, object data, bint fin, int rsv) except -1:
         cdef Py_ssize_t size
+        cdef bint ends_fragmented
         if self._status != STATE_OPEN:
             if self._status == STATE_CONNECTING:
                 raise ConnectionError("cannot send: the WebSocket handshake has not completed")
@@ -426,11 +485,15 @@ cdef class Protocol(FrameParser):
             data, extension_rsv = self._extension.encode(data, opcode != OP_CONTINUATION, fin)
             rsv |= extension_rsv
             size = _size_of(data)
+        ends_fragmented = fin and self._out_opcode >= 0
         if fin:
             self._out_opcode = -1
         elif opcode != OP_CONTINUATION:
             self._out_opcode = opcode
-        return self._write_frame(opcode, data, size, fin, rsv)
+        self._write_frame(opcode, data, size, fin, rsv)
+        if ends_fragmented and self._deferred is not None:
+            self._write_deferred()
+        return 0
 
     cdef int _write_frame(self, int opcode, object data, Py_ssize_t size, bint fin,
                           int rsv) except -1:
@@ -494,6 +557,7 @@ cdef class Protocol(FrameParser):
 
     cdef int _send_close(self, object code, str reason) except -1:
         payload = close_payload(code, reason)
+        self._deferred = None          # nothing may follow a close frame
         self.close_sent = Close(CloseCode.NO_STATUS if code is None else _close_code(code),
                                 reason if code is not None else "")
         if self._first_close is None:

@@ -10,7 +10,8 @@ them in place. The Protocol writes back through the Sink interface this class im
 Writes made while a read is being handled are batched: they leave together, with one
 `send()`/`sendmsg()`, when the read is done (a server whose only ready peer is this one
 sends its first reply at once, so that the peer can go on while we work). Outside a read,
-every write is sent at once. What the kernel does not take waits in the queue for the
+every write is sent at once, unless a broadcast holds the transport (Sink.hold, from
+fastws._fanout): then writes wait for its release at the end of the loop iteration. What the kernel does not take waits in the queue for the
 socket to become writable; past the high-water mark the listener is told to pause
 (`pause_writing`), and past `max_write_buffer` the frames the peer has not started to
 receive are dropped and the listener told (`write_overflow`): the peer is not reading.
@@ -142,6 +143,7 @@ cdef class Transport(Sink):
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
     cdef bint _corked                 # inside a read: writes are batched
+    cdef bint _held                   # a broadcast batches writes until release()
     cdef bint _eager                  # the next write leaves at once
     cdef bint _writer_registered
     cdef bint _writing_paused
@@ -397,12 +399,30 @@ cdef class Transport(Sink):
             if self._eager or over_cap:
                 self._eager = False
                 self._send()
-        elif over_cap or not self._writer_registered:
+        elif over_cap or not (self._writer_registered or self._held):
             self._send()
         if self._size > self._high_water and not self._writing_paused and not self.closed:
             self._writing_paused = True
             self.listener.pause_writing()
         return 0
+
+    cdef int hold(self) except -1:
+        # Sink.hold: writes wait for release() (fastws._fanout releases every sink a
+        # broadcast held, once per loop iteration: one send per socket for all its frames).
+        if self._held or self.closed:
+            return 0
+        self._held = True
+        return 1
+
+    cdef int release(self) except -1:
+        if self._held:
+            self._held = False
+            if not self.closed:
+                self.flush()
+        return 0
+
+    cdef Py_ssize_t unsent(self):
+        return self._size
 
     def flush(self):
         """Send what is queued now (writes made during a read are flushed after it)."""

@@ -35,6 +35,7 @@ from .http import HttpError, Request, Response
 from .http1 import ServerConversation
 from .limits import Limits
 from .stages import AutoPong, Consolidate, Stage, StageChain
+from .topics import Subscriber
 
 if TYPE_CHECKING:
     from .client import ClientHandshake
@@ -54,10 +55,11 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-class Connection(ConnectionBase):
+class Connection(ConnectionBase, Subscriber):
     """A server or client connection. Users get it in handler callbacks; they never build one.
 
-    Sending (`send`, `send_text`, `send_binary`, `is_open`) is in the C base class.
+    Sending (`send`, `send_text`, `send_binary`, `is_open`) is in the C base class; topics
+    (`subscribe`, `unsubscribe`, `publish`, `topics`, a server's) in fastws.topics.Subscriber.
     """
 
     def __init__(self, loop: Any, sock: socket.socket | None, handler: Any, *, is_client: bool,
@@ -588,6 +590,8 @@ class Connection(ConnectionBase):
         self._chain = StageChain(self, protocol, extension)
         self._chain.setup(stages if stages is not None else [AutoPong(), Consolidate()])
         self._transport.protocol = protocol
+        if self.server is not None:
+            self.server._connection_upgraded(self)      # into server.connections
         try:
             self._notify("on_upgraded")
             if rest:

@@ -356,6 +356,18 @@ class Deflate:
         self._size = 0                   # inflated bytes of the inbound message so far
         self._deflating = False          # the outbound message in progress is compressed
 
+    @property
+    def shared_window_bits(self) -> int | None:
+        """The window of a compressor this connection may share with others, or None.
+
+        A message compressed once for many connections (a broadcast, fastws.topics) is
+        valid on this one only when our compressor resets after every message (server/
+        client_no_context_takeover for our side): with context takeover, our next message
+        would refer back to bytes the peer's window holds at other distances. It must also
+        use at most our negotiated window; compressors are shared per window size.
+        """
+        return self.local_max_window_bits if self.local_no_context_takeover else None
+
     def __repr__(self) -> str:
         return (f"<Deflate local={self.local_max_window_bits}"
                 f"{'/reset' if self.local_no_context_takeover else ''} "

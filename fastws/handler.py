@@ -20,12 +20,16 @@ from .http import Request, Response
 if TYPE_CHECKING:
     from ._codec import Frame
     from .connection import Connection
+    from .server import Server
 
 __all__ = ["CALLBACKS", "Handler", "check_handler"]
 
 CALLBACKS = frozenset({
     "on_request", "on_upgraded", "on_frame", "on_rtt", "on_closed",
     "on_pause_writing", "on_resume_writing", "on_reconnecting",
+    # topics and the backplane (fastws.topics, fastws.backplane)
+    "on_messages_dropped", "on_backplane_lost", "on_backplane_restored",
+    "on_backplane_dropped",
 })
 
 
@@ -65,6 +69,25 @@ class Handler:
 
     def on_resume_writing(self, conn: Connection) -> None:
         """The write buffer drained below `write_low_water`."""
+
+    def on_messages_dropped(self, conn: Connection, count: int) -> None:
+        """Published messages were not sent to this slow subscriber (the server's
+        `slow_consumers` policy is "drop"): `count` in this loop iteration;
+        `conn.messages_dropped` is the total."""
+
+    def on_backplane_lost(self, server: Server, reason: str) -> None:
+        """The server lost its pub/sub backplane (Redis): until `on_backplane_restored`,
+        messages published on other workers and machines do not reach this server's
+        subscribers, and this server's publishes wait in a bounded queue."""
+
+    def on_backplane_restored(self, server: Server, down: float) -> None:
+        """The backplane is back after `down` seconds: subscriptions are restored and the
+        queued publishes sent."""
+
+    def on_backplane_dropped(self, server: Server, count: int) -> None:
+        """`count` publishes may not have reached the backplane: they did not fit in the
+        queue kept while it was away, or were sent but not acknowledged when its
+        connection dropped (at most one call per loop iteration)."""
 
 
 # What other WebSocket libraries call their callbacks, and fastws' name for each.

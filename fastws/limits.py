@@ -30,7 +30,10 @@ class Limits:
     write_high_water: int = 256 * 1024
     write_low_water: int = 64 * 1024
     # Unsent data beyond this fails the connection with 1008 (the peer is not reading).
-    max_write_buffer: int | None = 64 * 1024 * 1024
+    # 8 MiB: two messages of the largest default size (max_message_size) can wait, while a
+    # server with 10,000 connections cannot be made to hold 64 MiB for each (640 GiB) by
+    # peers that stop reading. Broadcasts have their own, smaller bound (fastws.topics).
+    max_write_buffer: int | None = 8 * 1024 * 1024
     # HTTP requests: a longer request line is answered 414, a larger head (or more header
     # lines) 431, a larger body 413. The head and body limits also bound the response a
     # client reads to its opening handshake (a 101, or an error page it only reports).

@@ -2,7 +2,10 @@
 
 Every accepted connection starts as an HTTP/1.1 server connection (after its TLS
 handshake, when `ssl` is given); the handler decides per request whether to answer it
-or upgrade it to a WebSocket.
+or upgrade it to a WebSocket. `server.connections` holds the WebSocket connections (from
+the upgrade until they close: what a broadcast iterates); `server.all_connections` every
+accepted one, HTTP included. `server.topics` (fastws.topics) keeps who subscribes to
+what; `serve(pubsub=...)` links it to the other workers and machines (fastws.backplane).
 """
 
 from __future__ import annotations
@@ -14,13 +17,19 @@ import socket
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .connection import Connection
 from .deflate import CompressionSetting, DeflateOptions, deflate_options
 from .handler import check_handler
 from .limits import Limits
 from .loop import Loop, default_loop
+from .topics import SlowConsumers, SlowConsumerSetting, Topics
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from .backplane import PubSubSetting
 
 __all__ = ["Server", "serve"]
 
@@ -38,7 +47,8 @@ class Server:
                  ssl_context: ssl_module.SSLContext | None, limits: Limits,
                  compression: DeflateOptions | None = None,
                  origins: Collection[str | None] | None = None,
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None,
+                 slow_consumers: SlowConsumerSetting = "close") -> None:
         self.loop = loop
         self.origins = origins             # allowed Origin values for upgrades; None: any
         self.max_connections = max_connections
@@ -47,7 +57,10 @@ class Server:
         self.ssl_context = ssl_context
         self.limits = limits
         self.compression = compression     # permessage-deflate settings; None: off
-        self.connections: set[Connection] = set()
+        self.connections: set[Connection] = set()      # WebSocket: upgraded, not closed
+        self.all_connections: set[Connection] = set()  # every accepted one, HTTP too
+        self.topics = Topics(loop, compression=compression, slow_consumers=slow_consumers)
+        self.pubsub: Any = None                        # the backplane (serve(pubsub=...))
         self.worker = 0                    # 0: the parent (or only) process; see serve(workers=)
         self.worker_pids: list[int] = []   # in the parent: the worker processes it forked
         self._worker_pipe: tuple[int, int] | None = None  # closed by the parent: workers stop
@@ -90,9 +103,10 @@ class Server:
                 pass
             conn = Connection(self.loop, sock, self.handler, is_client=False,
                               limits=self.limits, ssl_context=self.ssl_context, server=self)
-            self.connections.add(conn)
+            self.all_connections.add(conn)
             conn.start()
-            if self.max_connections is not None and len(self.connections) >= self.max_connections:
+            if (self.max_connections is not None
+                    and len(self.all_connections) >= self.max_connections):
                 # At the limit: leave new connections in the kernel's backlog until one closes.
                 self._pause_accepting()
                 return
@@ -105,22 +119,52 @@ class Server:
     def _resume_accepting(self) -> None:
         if self._accepting or self._sock is None:
             return
-        if self.max_connections is not None and len(self.connections) >= self.max_connections:
+        if (self.max_connections is not None
+                and len(self.all_connections) >= self.max_connections):
             return
         self._accepting = True
         self.loop.add_reader(self._sock, self._on_acceptable)
 
+    def _connection_upgraded(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
     def _connection_closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        self.all_connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.topics.forget(conn)
         if not self._accepting:
             self._resume_accepting()
+
+    # ------------------------------------------------------------------ topics
+
+    @property
+    def slow_consumers(self) -> SlowConsumers:
+        """What happens to a subscriber that does not keep up (fastws.topics)."""
+        return self.topics.slow_consumers
+
+    def publish(self, topic: str, message: str | Buffer) -> None:
+        """Send `message` (str: text, bytes-like: binary) to every subscriber of `topic`:
+        this server's and, with `serve(pubsub=...)`, every linked server's."""
+        self.topics.publish(topic, message)
+
+    def _backplane_event(self, name: str, *args: object) -> None:
+        """Tell the handler about the backplane (on_backplane_lost, ...), if it listens."""
+        callback = getattr(self.handler, name, None)
+        if callback is None:
+            return
+        try:
+            callback(self, *args)
+        except Exception:
+            logger.exception("exception in %s", name)
 
     def close(self) -> None:
         """Stop accepting and close every connection gracefully.
 
         Open WebSockets get a close frame with 1001 (Going Away) and `close_timeout` seconds
         to answer before their TCP connection is dropped; connections still in HTTP mode
-        are closed at once. `server.connections` empties as they finish. In the parent of
+        are closed at once. `server.all_connections` empties as they finish. The backplane
+        (serve(pubsub=...)) is closed. In the parent of
         `serve(workers=N)` the workers are told to do the same (see `join_workers`).
         """
         if self._sock is not None:
@@ -131,7 +175,9 @@ class Server:
         if self.worker == 0 and self._worker_pipe is not None:
             os.close(self._worker_pipe[1])
             self._worker_pipe = None
-        for conn in list(self.connections):
+        if self.pubsub is not None:
+            self.pubsub.close()
+        for conn in list(self.all_connections):
             if conn.is_open:
                 conn.close(1001, "server shutting down")
             elif not conn.upgraded:
@@ -163,7 +209,7 @@ class Server:
         done = then if then is not None else loop.stop
 
         def wait() -> None:
-            if self.connections and loop.time() < deadline:
+            if self.all_connections and loop.time() < deadline:
                 loop.call_later(0.02, wait)
             else:
                 done()
@@ -198,7 +244,9 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
           backlog: int = 1024, reuse_port: bool = False, workers: int = 1,
           compression: CompressionSetting = True,
           origins: Collection[str | None] | None = None,
-          max_connections: int | None = None, **limits: Any) -> Server:
+          max_connections: int | None = None,
+          slow_consumers: SlowConsumerSetting = "close",
+          pubsub: PubSubSetting | None = None, **limits: Any) -> Server:
     """Listen on host:port and serve HTTP/1.1 and WebSocket connections with `handler`.
 
     `handler.on_request(conn, request)` sees every HTTP request and answers it with
@@ -220,6 +268,13 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     starting threads. When the parent's server closes, or the parent dies, the workers
     close their servers gracefully and their loops stop; `server.join_workers()` in the
     parent waits for them.
+
+    Topics (fastws.topics): `slow_consumers` ("close", the default, "drop", or a
+    SlowConsumers with its max_backlog) decides what happens to a subscriber that does
+    not keep up. `pubsub` links the topics of every worker and machine through a
+    backplane: a "redis://[user:password@]host:port/db" or "rediss://..." URL, or a
+    fastws.backplane.RedisPubSub for more settings (sharded pub/sub, queue size, TLS
+    context). Each worker opens its own connection to it after the fork.
     """
     check_handler(handler)
     if workers < 1:
@@ -231,12 +286,20 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     options = deflate_options(compression, is_client=False)
     reuse_port = reuse_port or workers > 1
     sock = _listen(host, port, reuse_port, backlog)
-    server = Server(loop, sock, handler, ssl, settings, options, origins, max_connections)
+    backplane = None
+    if pubsub is not None:
+        from .backplane import pubsub_settings
+        backplane = pubsub_settings(pubsub)     # checked now; connected in each process
+    server = Server(loop, sock, handler, ssl, settings, options, origins, max_connections,
+                    slow_consumers)
     try:
         for index in range(1, workers):
             # Every worker binds the port the parent got (port 0 resolved), after the fork.
             if _fork_worker(server, index):
-                return _start_worker(server, index, host, backlog)
+                worker = _start_worker(server, index, host, backlog)
+                if backplane is not None:
+                    backplane.start(worker)
+                return worker
     except BaseException:
         pipe = server._worker_pipe
         server.close()                        # workers already forked see it and stop
@@ -245,6 +308,8 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
         raise
     if server._worker_pipe is not None:
         os.close(server._worker_pipe[0])      # the parent keeps only the write end
+    if backplane is not None:
+        backplane.start(server)
     return server
 
 
@@ -259,7 +324,7 @@ def _start_worker(parent: Server, index: int, host: str, backlog: int) -> Server
         loop._reset_after_fork()
         worker = Server(loop, _listen(host, parent.port, True, backlog), parent.handler,
                         parent.ssl_context, parent.limits, parent.compression, parent.origins,
-                        parent.max_connections)
+                        parent.max_connections, parent.slow_consumers)
         worker.worker = index
         worker._watch_parent(parent._worker_pipe)
         return worker

@@ -44,6 +44,7 @@ SCRIPTS = {
     "asyncio_callbacks.py": (60, "closed 1000 'got them all'"),
     "uvicorn_fastapi.py": (60, "client: closed by the app: 4000 'bye to you too'"),
     "clients.py": (60, "reconnecting Loop client: stopped after 3 connections"),
+    "topics.py": (60, "messages compressed once for everyone: 2"),
 }
 # Examples run another way (below), or built by one of SCRIPTS.
 OTHER_FILES = {"__init__.py", "upper_case.py", "cython_listener.pyx"}

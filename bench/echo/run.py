@@ -538,6 +538,19 @@ def selected(specs: list[dict], words: list[str] | None) -> list[dict]:
         return specs
     return [s for s in specs if any(w.lower() in s["name"].lower() for w in words)]
 
+def kept_sections(path: str) -> str:
+    """Sections other benchmarks keep in the same file (bench/fanout/run.py's, between its
+    markers), carried over when this report rewrites it."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    begin, end = "<!-- fanout:begin -->", "<!-- fanout:end -->"
+    if begin in old and end in old:
+        return "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
+    return ""
+
 
 def outcome(run: dict) -> str:
     return "ok" if run.get("ok") else f"FAIL {run.get('error')}"
@@ -707,7 +720,7 @@ def main() -> None:
                    "clients": client_runs, "problems": problems}, f, indent=1)
     text = report(args, server_runs, memory, client_runs, problems, started, elapsed)
     with open(args.output, "w") as f:
-        f.write(text)
+        f.write(text + kept_sections(args.output))
     print(f"\nwrote {args.output} ({elapsed / 60:.1f} min); server logs in {build}", flush=True)
     if problems:
         print("problems:\n  " + "\n  ".join(problems))
