@@ -142,6 +142,10 @@ class WebSocketProtocol(AsyncioProtocol):
         # connection's handler and reports the close itself.
         self._wake_disconnected()
 
+    def _connection_upgraded(self, conn: Connection) -> None:
+        """Called by the connection when it upgraded: uvicorn already counts it (its
+        `server_state.connections` holds this protocol from connection_made on)."""
+
     def _connection_closed(self, conn: Connection) -> None:
         """Called by the connection when it closed, as it tells its server."""
         self.connections.discard(self)

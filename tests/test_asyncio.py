@@ -527,7 +527,7 @@ def test_server_close_sends_1001_to_every_client(aio, transport):
             assert raised.value.code == CloseCode.GOING_AWAY
         assert await callback_closed == CloseCode.GOING_AWAY
         await server.wait_closed()
-        assert not server.connections and not server.is_serving
+        assert not server.all_connections and not server.is_serving
 
     aio(main())
 
@@ -563,7 +563,7 @@ def test_tls_certificate_is_checked(aio, ca):
         async with fa.serve(echo, "127.0.0.1", 0, ssl=server_ssl) as server:
             with pytest.raises(ssl.SSLCertVerificationError):      # the CA is not trusted
                 await fa.connect(f"wss://127.0.0.1:{server.port}/")
-            await until(lambda: not server.connections)
+            await until(lambda: not server.all_connections)
 
     aio(main())
 
@@ -589,7 +589,7 @@ def test_closed_connection_is_freed(aio, transport):
                 await ws.send("x")
                 await ws.recv()
                 ref = weakref.ref(ws.connection)
-            await until(lambda: not server.connections)
+            await until(lambda: not server.all_connections)
         return ref
 
     gc.collect()

@@ -78,7 +78,8 @@ class Server:
         self.limits = limits
         self.compression = compression     # read by Connection.upgrade()
         self.origins = origins             # likewise
-        self.connections: set[Connection] = set()
+        self.all_connections: set[Connection] = set()   # every accepted connection
+        self.connections: set[Connection] = set()       # the open WebSockets among them
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Future[None] | None = None
         self._server: asyncio.Server | None = None
@@ -116,19 +117,23 @@ class Server:
         def established() -> None:
             # Counted from asyncio's connection_made on: a failed TLS handshake never gets
             # there (its connection ends at its handshake timeout).
-            self.connections.add(conn)
+            self.all_connections.add(conn)
 
         conn.start(established)
         transport: asyncio.BaseProtocol = conn._transport
         return transport
 
+    def _connection_upgraded(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
     def _connection_closed(self, conn: Connection) -> None:
+        self.all_connections.discard(conn)
         self.connections.discard(conn)
         self._check_idle()
 
     def _check_idle(self) -> None:
         idle = self._idle
-        if idle is not None and not idle.done() and not self.connections and not self._tasks:
+        if idle is not None and not idle.done() and not self.all_connections and not self._tasks:
             idle.set_result(None)
 
     # ------------------------------------------------------------------ public API
@@ -155,7 +160,7 @@ class Server:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self.connections):
+        for conn in list(self.all_connections):
             if conn.is_open:
                 conn.close(1001, "server shutting down")
                 conn.resume_reading()     # the peer's close frame must be read
@@ -166,7 +171,7 @@ class Server:
         """Wait until the listener and every connection (and handler coroutine) ended."""
         if self._server is not None:
             await self._server.wait_closed()
-        while self.connections or self._tasks:
+        while self.all_connections or self._tasks:
             self._idle = self.loop.create_future()
             # The connections' own close timeouts bound this wait.
             tasks = list(self._tasks)
