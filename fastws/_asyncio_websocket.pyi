@@ -7,17 +7,13 @@ from typing import Any, Self
 from typing_extensions import Buffer, disjoint_base
 
 from ._codec import Frame
+from .exceptions import ConnectionClosed as ConnectionClosed
+from .exceptions import ConnectionClosedError as ConnectionClosedError
+from .exceptions import ConnectionClosedOK as ConnectionClosedOK
 from .http import Request, Response
 
 Message = str | bytes
 
-class ConnectionClosed(ConnectionError):
-    code: int
-    reason: str
-    def __init__(self, code: int, reason: str = "") -> None: ...
-
-class ConnectionClosedOK(ConnectionClosed): ...
-class ConnectionClosedError(ConnectionClosed): ...
 
 def closed_exception(code: int | None, reason: str) -> ConnectionClosed: ...
 

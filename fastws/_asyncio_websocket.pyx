@@ -35,40 +35,15 @@ from fastws._codec cimport OP_BINARY, OP_PONG, OP_TEXT, Frame
 from fastws._codec import Frame as PyFrame
 from fastws._codec import OpCode
 
-_OK_CODES = frozenset({1000, 1001, 1005})
-
-
-class ConnectionClosed(ConnectionError):
-    """The WebSocket connection is closed (or closing): `code` and `reason` say how.
-
-    `code` is the first close frame's code, sent or received (1005 when it carried none),
-    or 1006 when the connection went away without a closing handshake.
-    """
-
-    def __init__(self, code, reason=""):
-        self.code = code
-        self.reason = reason
-        super().__init__(code, reason)
-
-    def __str__(self):
-        return f"WebSocket closed with {int(self.code)}" + (f": {self.reason}"
-                                                           if self.reason else "")
-
-
-class ConnectionClosedOK(ConnectionClosed):
-    """Closed normally: 1000, 1001 or 1005. Ends `async for`."""
-
-
-class ConnectionClosedError(ConnectionClosed):
-    """Closed with an error code, or without a closing handshake (1006)."""
+# One set of exception types for every client and the awaitable server (fastws.exceptions).
+from fastws.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from fastws.exceptions import connection_closed
 
 
 def closed_exception(code, reason):
-    """ConnectionClosedOK or ConnectionClosedError for `code`."""
-    if code is None:
-        code = 1006
-    kind = ConnectionClosedOK if code in _OK_CODES else ConnectionClosedError
-    return kind(code, reason)
+    """ConnectionClosedOK or ConnectionClosedError for `code` (None: 1006, no closing
+    handshake)."""
+    return connection_closed(1006 if code is None else code, reason)
 
 
 _NO_CALLBACKS = object()

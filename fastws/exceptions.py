@@ -1,9 +1,9 @@
 """The exceptions fastws' clients raise: a closed connection, a rejected opening handshake, a
 proxy that refused to open a tunnel.
 
-The blocking client (fastws.sync) raises them; the Loop client reports the same failures
-through `on_closed` with the exception in `conn.error`. They live here, apart from any one
-client, so that every client (an asyncio one included) raises the same types and
+The blocking client (fastws.sync) and fastws.asyncio's WebSocket raise them; the Loop
+client reports the same failures through `on_closed` with the exception in `conn.error`.
+They live here, apart from any one client, so that every client raises the same types and
 applications catch them once.
 """
 
@@ -22,6 +22,10 @@ __all__ = [
 ]
 
 
+# The codes of a normal end, as websockets counts them.
+_OK_CODES = frozenset({1000, 1001, 1005})
+
+
 class ConnectionClosed(ConnectionError):
     """The WebSocket connection is closed: `code` and `reason` are the close frame's (1006
     and a description when the TCP connection ended without one).
@@ -38,7 +42,8 @@ class ConnectionClosed(ConnectionError):
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """Closed normally: 1000 (normal closure) or 1001 (going away)."""
+    """Closed normally: 1000 (normal closure), 1001 (going away) or 1005 (a close frame
+    without a code). Ends `for message in ws` / `async for message in ws`."""
 
 
 class ConnectionClosedError(ConnectionClosed):
@@ -48,7 +53,7 @@ class ConnectionClosedError(ConnectionClosed):
 def connection_closed(code: int, reason: str, *,
                       rcvd_then_sent: bool | None = None) -> ConnectionClosed:
     """The ConnectionClosed subclass for `code`."""
-    kind = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
+    kind = ConnectionClosedOK if code in _OK_CODES else ConnectionClosedError
     return kind(code, reason, rcvd_then_sent=rcvd_then_sent)
 
 
