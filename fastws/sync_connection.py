@@ -22,7 +22,7 @@ from typing import Any
 from ._codec import CloseCode
 from ._inbox import Inbox
 from ._protocol import Protocol
-from .exceptions import ConnectionClosed, connection_closed
+from .exceptions import ConnectionClosed, ConnectionClosedOK, connection_closed
 from .http import Response
 from .limits import Limits
 from .loop import _MIN_SPIN, DEFAULT_BUSY_POLL
@@ -71,6 +71,9 @@ class ClientConnection:
         self._read_lock = threading.Lock()     # one reader of the socket at a time
         self._send_lock = threading.Lock()     # frames leave whole, in the protocol's order
         self._proto_lock = threading.Lock()    # the protocol's state
+        # Each call on the socket, held for that non-blocking call only: OpenSSL aborts the
+        # process when one thread closes (or reads) an SSL object another is writing to.
+        self._io_lock = threading.Lock()
         self._reads = 0                        # socket reads by callers (the keeper backs off)
         self._flush_wanted = False             # a reader left bytes for the send lock's holder
         self._pings: dict[bytes, tuple[threading.Event, list[float]]] = {}
@@ -103,16 +106,14 @@ class ClientConnection:
         return self
 
     def __next__(self) -> str | bytes:
-        """The next message; StopIteration after a normal close (1000, 1001)."""
+        """The next message; StopIteration after a normal close (1000, 1001, 1005)."""
         messages = self._messages
         if messages:
             return messages.popleft()
         try:
             return self._recv_wait(None)
-        except ConnectionClosed as exc:
-            if exc.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
-                raise StopIteration from None
-            raise
+        except ConnectionClosedOK:
+            raise StopIteration from None
 
     def _recv_wait(self, timeout: float | None) -> str | bytes:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -142,14 +143,15 @@ class ClientConnection:
         while True:
             # Wait first: a caller that reads the socket found the queue empty, so the data
             # is usually not there yet, and poll() costs less than a failed recv's exception.
-            if not (self._tls and sock.pending()):
+            if not (self._tls and self._pending()):
                 timeout = None if deadline is None else deadline - time.monotonic()
                 if timeout is not None and timeout < 0:
                     timeout = 0
                 if not self._wait_readable(timeout):
                     return False
             try:
-                n = sock.recv_into(self._buffer)
+                with self._io_lock:
+                    n = sock.recv_into(self._buffer)
             except _WOULD_BLOCK:
                 continue          # a wake-up with nothing to read (or TLS wants more)
             except ssl_module.SSLWantWriteError:
@@ -169,9 +171,10 @@ class ClientConnection:
             return True
         self._feed(self._view[:n])
         # TLS can hold decrypted bytes the socket will not signal again: take them now.
-        while self._tls and self._closed is None and sock.pending():
+        while self._tls and self._closed is None and self._pending():
             try:
-                n = sock.recv_into(self._buffer)
+                with self._io_lock:
+                    n = sock.recv_into(self._buffer)
             except (_WOULD_BLOCK + (ssl_module.SSLWantWriteError,)):
                 break
             except OSError:
@@ -180,6 +183,11 @@ class ClientConnection:
                 break
             self._feed(self._view[:n])
         return True
+
+    def _pending(self) -> bool:
+        """Decrypted bytes the TLS layer holds (the socket will not signal them)."""
+        with self._io_lock:
+            return self._closed is None and bool(self.socket.pending())
 
     def _wait_readable(self, timeout: float | None) -> bool:
         """Wait for the socket to become readable: poll for up to the adaptive spin first,
@@ -236,7 +244,8 @@ class ClientConnection:
         sock = self.socket
         while not self._eof:
             try:
-                n = sock.recv_into(self._buffer)
+                with self._io_lock:
+                    n = sock.recv_into(self._buffer)
             except _WOULD_BLOCK:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._poll_in.poll(left * 1000 + 1):
@@ -262,10 +271,11 @@ class ClientConnection:
             code, reason = CloseCode.ABNORMAL, why or "closed without a closing handshake"
         order = None if sent is None or rcvd is None else not self._close_requested
         self._closed = connection_closed(int(code), reason, rcvd_then_sent=order)
-        try:
-            self.socket.close()
-        except OSError:
-            pass
+        with self._io_lock:
+            try:
+                self.socket.close()
+            except OSError:
+                pass
         for event, _ in list(self._pings.values()):
             event.set()
 
@@ -398,14 +408,19 @@ class ClientConnection:
         sock = self.socket
         view: Any = data
         while True:
-            try:
-                sent = sock.send(view)
-            except (BlockingIOError, InterruptedError, ssl_module.SSLWantWriteError):
-                sent = 0
-            except ssl_module.SSLWantReadError:
-                sent = 0
-            except OSError as exc:
-                self._lost_on_send(exc)
+            sent, error = 0, None
+            with self._io_lock:
+                if self._closed is not None:
+                    raise self._closed          # the socket is closed: do not touch it
+                try:
+                    sent = sock.send(view)
+                except (BlockingIOError, InterruptedError, ssl_module.SSLWantWriteError,
+                        ssl_module.SSLWantReadError):
+                    pass
+                except OSError as exc:
+                    error = exc
+            if error is not None:
+                self._lost_on_send(error)
                 return
             if sent == len(view):
                 return
