@@ -87,14 +87,14 @@ def test_proxy_refusals(echo_server, tmp_path):
     socks = start_microsocks(tmp_path, credentials=("bob", "hunter2"))
     try:
         with pytest.raises(ProxyError) as info:
-            run(fa.connect(echo_server.url, proxy=_without_credentials(tinyproxy))._open())
+            run(fa.connect(echo_server.url, proxy=_without_credentials(tinyproxy)))
         assert info.value.status == 407 and "credentials" in str(info.value)
         with pytest.raises(ProxyError) as info:
-            run(fa.connect(echo_server.url, proxy=_with_password(tinyproxy, "nope"))._open())
+            run(fa.connect(echo_server.url, proxy=_with_password(tinyproxy, "nope")))
         assert info.value.status in (401, 407) and "wrong credentials" in str(info.value)
         assert "nope" not in str(info.value)
         with pytest.raises(ProxyError, match="refused the user name and password") as info:
-            run(fa.connect(echo_server.url, proxy=_with_password(socks, "nope"))._open())
+            run(fa.connect(echo_server.url, proxy=_with_password(socks, "nope")))
         assert not info.value.retryable
     finally:
         tinyproxy.stop()
@@ -105,9 +105,19 @@ def test_proxy_not_listening_and_bad_proxy_url(echo_server, transport):
     from proxy_servers import free_port
     proxy = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionRefusedError, match="cannot connect to the proxy"):
-        run(fa.connect(echo_server.url, ssl=transport.client_ssl, proxy=proxy)._open())
+        run(fa.connect(echo_server.url, ssl=transport.client_ssl, proxy=proxy))
     with pytest.raises(ValueError, match="scheme"):
         fa.connect(echo_server.url, proxy="ftp://127.0.0.1:21")
+
+
+def test_silent_proxy_times_out():
+    import socket
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(TimeoutError):
+            run(fa.connect("ws://127.0.0.1:1/", proxy=proxy, handshake_timeout=0.3))
 
 
 # ---------------------------------------------------------------- the environment
@@ -177,7 +187,7 @@ def test_redirect_from_wss_to_ws_is_refused(start_server, transport):
     redirect.location = "ws://127.0.0.1:9/"
     server = start_server(redirect)
     with pytest.raises(RedirectError, match="drop TLS"):
-        run(fa.connect(server.url, ssl=transport.client_ssl, proxy=None)._open())
+        run(fa.connect(server.url, ssl=transport.client_ssl, proxy=None))
 
 
 @pytest.mark.parametrize("transport", ["clear"], indirect=True)
@@ -186,7 +196,7 @@ def test_redirect_loop_is_bounded(start_server, transport):
     server = start_server(redirect)
     redirect.location = server.url
     with pytest.raises(RedirectError, match="more than 3 redirects"):
-        run(fa.connect(server.url, proxy=None, max_redirects=3)._open())
+        run(fa.connect(server.url, proxy=None, max_redirects=3))
     assert redirect.requests == 4
 
 

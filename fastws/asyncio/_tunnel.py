@@ -86,10 +86,13 @@ async def open_through_proxy(loop: asyncio.AbstractEventLoop, protocol: Any, pro
     proxy_tls = None
     if proxy.tls:
         proxy_tls = proxy_ssl if proxy_ssl is not None else ssl_module.create_default_context()
+    transport: Any
     try:
         transport, _ = await loop.create_connection(
             lambda: tunnel, proxy.host, proxy.port, ssl=proxy_tls,
             server_hostname=proxy.host if proxy_tls is not None else None)
+    except ssl_module.SSLError:
+        raise                     # TLS to an https:// proxy: its certificate, its version
     except OSError as exc:
         words = exc.strerror or str(exc)
         raise type(exc)(exc.errno, f"cannot connect to the proxy {proxy}: "
@@ -101,6 +104,8 @@ async def open_through_proxy(loop: asyncio.AbstractEventLoop, protocol: Any, pro
             raise ConnectionError(f"the proxy {proxy} sent data before the server spoke")
         if ssl is not None:
             tls = await loop.start_tls(transport, protocol, ssl, server_hostname=host)
+            if tls is None:       # the proxy's connection went away meanwhile
+                raise ConnectionResetError(f"the proxy {proxy} closed the tunnel")
             transport = tls
         else:
             transport.set_protocol(protocol)
