@@ -243,6 +243,54 @@ def test_async_for_reconnects_after_a_restart(echo_process, loop_kind):
         assert FAST.bound(attempt) * (1 - FAST.jitter) <= delay <= FAST.bound(attempt)
 
 
+def test_callback_form_reconnects_after_a_restart(echo_process):
+    class Client(Recorder):
+        def __init__(self):
+            super().__init__(echo=False)
+            self.reconnecting = []
+
+        def on_upgraded(self, conn):
+            super().on_upgraded(conn)
+            conn.send_text(f"hello {self.upgraded}")
+
+        def on_reconnecting(self, conn, delay):
+            self.reconnecting.append((conn, delay))
+            if len(self.reconnecting) == 3:
+                echo_process.start()      # blocks the loop a moment: fine for this test
+
+    client = Client()
+
+    async def main():
+        first = await fa.connect(echo_process.url, client, proxy=None, reconnect=FAST)
+        await until(lambda: client.frames)
+        echo_process.kill()
+        await until(lambda: client.upgraded == 2 and len(client.frames) == 2)
+        assert client.conns[0] is first and client.conns[1] is not first
+        client.conns[1].close()              # the application's close: no more tries
+        await until(lambda: len(client.closed) == 2)
+        await asyncio.sleep(FAST.max_delay * 2)
+        return first
+
+    first = run(main())
+    assert [f.data for f in client.frames] == [b"hello 1", b"hello 2"]
+    assert client.closed[0][0] == 1006 and client.closed[1] == (1000, "")
+    assert client.upgraded == 2 and len(client.reconnecting) == 3
+    assert client.reconnecting[0][0] is first
+    # The failed tries are reported with their own Connection and its error.
+    assert all(isinstance(conn.error, ConnectionRefusedError)
+               for conn, _ in client.reconnecting[1:])
+    for attempt, (_, delay) in enumerate(client.reconnecting):
+        assert delay <= FAST.bound(attempt)
+
+
+async def until(predicate):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.parametrize("transport", ["clear"], indirect=True)
 def test_async_for_stops(start_server, transport):
     server_side = Recorder(echo=True)
@@ -290,11 +338,13 @@ def test_async_for_no_retry_after_403(start_server, transport):
     assert info.value.status == 403 and waits == [] and len(requests) == 1
 
 
-def test_async_for_needs_no_handler():
+def test_reconnection_arguments():
     async def main():
         async for _ in fa.connect("ws://127.0.0.1:9/", Recorder()):
             pass
 
     with pytest.raises(TypeError, match="without a handler"):
         run(main())
+    with pytest.raises(ValueError, match="async for"):
+        fa.connect("ws://127.0.0.1:9/", reconnect=True)
 

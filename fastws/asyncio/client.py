@@ -40,8 +40,9 @@ from ..http import HeadersLike, Response
 from ..limits import Limits
 from ..loop_client import ClientConnection
 from ..proxy import ProxySetting, select_proxy
-from ..reconnect import Backoff, is_retryable
+from ..reconnect import Backoff, backoff_from, is_retryable
 from ._connections import new_connection
+from ._reconnect import Supervisor
 from ._tunnel import open_through_proxy
 
 __all__ = ["Connecting", "connect"]
@@ -93,9 +94,14 @@ class Connecting:
                  limits: dict[str, Any], *, proxy: ProxySetting = True,
                  proxy_ssl: ssl_module.SSLContext | None = None,
                  max_redirects: int = MAX_REDIRECTS, backoff: Backoff | None = None,
-                 on_reconnecting: ReconnectHook | None = None) -> None:
+                 on_reconnecting: ReconnectHook | None = None,
+                 reconnect: bool | Backoff = False) -> None:
         if handler is not None:
             check_handler(handler)
+        schedule = backoff_from(reconnect)
+        if schedule is not None and handler is None:
+            raise ValueError("reconnect= is for the callback form (a handler); without one, "
+                             "use `async for ws in connect(url):`")
         secure = parse_ws_url(url)[0]         # ValueError at once for a bad URL
         if not secure and ssl is not None:
             # (A ws:// URL may still redirect to wss://, where the context is used.)
@@ -117,6 +123,11 @@ class Connecting:
         self.max_redirects = max_redirects
         self.backoff = backoff if backoff is not None else Backoff()
         self.on_reconnecting = on_reconnecting
+        if schedule is not None:
+            self.handler = Supervisor(self, handler, schedule)
+        # The Connection of the latest attempt (the reconnecting callback form reports a
+        # failed one with it).
+        self.last_attempt: Connection | None = None
         self._opened: Any = None
 
     async def _open(self) -> Any:
@@ -152,6 +163,7 @@ class Connecting:
         conn = new_connection(loop, _Opening(self.handler, opened, self.max_queue),
                               is_client=True, limits=self.limits,
                               connection_class=ClientConnection)
+        self.last_attempt = conn
         conn.start(lambda: conn._begin_client_handshake(handshake))
         try:
             if proxy is None:
@@ -245,8 +257,9 @@ def connect(url: str, handler: Any = None, *, ssl: ssl_module.SSLContext | None 
             subprotocols: Sequence[str] = (), headers: HeadersLike = None,
             compression: CompressionSetting = True, max_queue: int | None = 16,
             proxy: ProxySetting = True, proxy_ssl: ssl_module.SSLContext | None = None,
-            max_redirects: int = MAX_REDIRECTS, backoff: Backoff | None = None,
-            on_reconnecting: ReconnectHook | None = None, **limits: Any) -> Connecting:
+            max_redirects: int = MAX_REDIRECTS, reconnect: bool | Backoff = False,
+            backoff: Backoff | None = None, on_reconnecting: ReconnectHook | None = None,
+            **limits: Any) -> Connecting:
     """Open a WebSocket client connection to a ws:// or wss:// URL on the running loop.
 
     With a `handler` (an object with on_* callbacks) the result is the fastws Connection;
@@ -256,7 +269,9 @@ def connect(url: str, handler: Any = None, *, ssl: ssl_module.SSLContext | None 
     fastws.connect(). Use `await connect(...)`, `async with connect(...) as ws:`, or
     `async for ws in connect(url):` to reconnect (see `Connecting.__aiter__`; `backoff`
     is its schedule, default `fastws.Backoff()`; `on_reconnecting(delay, cause)`, a
-    function or a coroutine function, is called before each wait).
+    function or a coroutine function, is called before each wait). With a handler,
+    `reconnect` (True, or a fastws.Backoff schedule) reconnects as the Loop client does:
+    `handler.on_reconnecting(conn, delay)` after each loss (fastws.asyncio._reconnect).
 
     `proxy` is True (from the environment: `wss_proxy`/`ws_proxy`, `https_proxy`,
     `http_proxy` for ws://, `all_proxy`, unless `no_proxy` names the host), None, or a
@@ -268,4 +283,4 @@ def connect(url: str, handler: Any = None, *, ssl: ssl_module.SSLContext | None 
     """
     return Connecting(url, handler, ssl, subprotocols, headers, compression, max_queue, limits,
                       proxy=proxy, proxy_ssl=proxy_ssl, max_redirects=max_redirects,
-                      backoff=backoff, on_reconnecting=on_reconnecting)
+                      backoff=backoff, on_reconnecting=on_reconnecting, reconnect=reconnect)
