@@ -164,7 +164,8 @@ class Redirect:
         conn.respond(response)
 
 
-def test_redirect_is_followed(start_server, transport):
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_redirect_is_followed(start_server, transport, loop_kind):
     target = start_server(Recorder(echo=True))
     redirect = Redirect(301)
     redirect.location = target.url.replace("ws", "http", 1)   # an http(s):// Location
@@ -176,7 +177,7 @@ def test_redirect_is_followed(start_server, transport):
             await ws.send("after the redirect")
             assert await ws.recv(TIMEOUT) == "after the redirect"
 
-    run(main())
+    run(main(), loop_kind)
     assert redirect.requests == 1
     assert connecting.url == target.url          # 301: reconnect there from now on
 
@@ -237,13 +238,15 @@ def test_async_for_reconnects_after_a_restart(echo_process, loop_kind):
 
     opened = run(main(), loop_kind)
     assert len(opened) == 2 and opened[0] is not opened[1]
-    assert waits[0][1].code == 1006                            # the lost connection
+    assert isinstance(waits[0][1], fa.ConnectionClosedError)   # the lost connection
+    assert waits[0][1].code == 1006
     assert all(isinstance(cause, ConnectionRefusedError) for _, cause in waits[1:])
     for attempt, (delay, _) in enumerate(waits):
         assert FAST.bound(attempt) * (1 - FAST.jitter) <= delay <= FAST.bound(attempt)
 
 
-def test_callback_form_reconnects_after_a_restart(echo_process):
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_callback_form_reconnects_after_a_restart(echo_process, loop_kind):
     class Client(Recorder):
         def __init__(self):
             super().__init__(echo=False)
@@ -271,7 +274,7 @@ def test_callback_form_reconnects_after_a_restart(echo_process):
         await asyncio.sleep(FAST.max_delay * 2)
         return first
 
-    first = run(main())
+    first = run(main(), loop_kind)
     assert [f.data for f in client.frames] == [b"hello 1", b"hello 2"]
     assert client.closed[0][0] == 1006 and client.closed[1] == (1000, "")
     assert client.upgraded == 2 and len(client.reconnecting) == 3

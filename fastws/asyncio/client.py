@@ -28,12 +28,12 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
-from .._asyncio_websocket import WebSocket
+from .._asyncio_websocket import WebSocket, closed_exception
 from .._codec import CloseCode
 from ..client import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..connection import Connection
 from ..deflate import CompressionSetting, deflate_options
-from ..exceptions import RedirectError, connection_closed
+from ..exceptions import RedirectError
 from ..handler import check_handler
 from ..handshake import HandshakeError, parse_ws_url
 from ..http import HeadersLike, Response
@@ -231,9 +231,8 @@ class Connecting:
                     await ws.close()
             if getattr(ws.connection, "close_requested", False):
                 return
-            await self._wait(next(delays), connection_closed(
-                ws.close_code if ws.close_code is not None else CloseCode.ABNORMAL,
-                ws.close_reason))
+            # The cause is what ws.recv() raises now (fastws.asyncio.ConnectionClosed).
+            await self._wait(next(delays), closed_exception(ws.close_code, ws.close_reason))
 
     async def _wait(self, delay: float, cause: BaseException) -> None:
         logger.info("fastws.asyncio: reconnecting to %s in %.2f s (%s)", self.url, delay, cause)
