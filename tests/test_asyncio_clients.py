@@ -17,7 +17,7 @@ import ssl
 
 import pytest
 from conftest import Recorder
-from proxy_servers import start_microsocks, start_tinyproxy
+from proxy_servers import start_https_proxy, start_microsocks, start_tinyproxy
 from test_proxy import BIG, PROXIES, PROXY_VARIABLES, _with_password, _without_credentials
 from test_reconnect import FAST, EchoProcess
 
@@ -108,6 +108,24 @@ def test_proxy_not_listening_and_bad_proxy_url(echo_server, transport):
         run(fa.connect(echo_server.url, ssl=transport.client_ssl, proxy=proxy))
     with pytest.raises(ValueError, match="scheme"):
         fa.connect(echo_server.url, proxy="ftp://127.0.0.1:21")
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("transport", ["tls"], indirect=True)
+def test_https_proxy_checks_both_certificates(echo_server, transport, ca, tmp_path, loop_kind):
+    """The proxy's certificate against proxy_ssl, the server's (inside the tunnel) against
+    ssl: a context that trusts neither fails each step."""
+    proxy = start_https_proxy(tmp_path, ca)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):    # the proxy's (default context)
+            run(fa.connect(echo_server.url, ssl=transport.client_ssl, proxy=proxy.url),
+                loop_kind)
+        with pytest.raises(ssl.SSLCertVerificationError):    # the server's, inside the tunnel
+            run(fa.connect(echo_server.url, ssl=ssl.create_default_context(), proxy=proxy.url,
+                           proxy_ssl=trusting(ca)), loop_kind)
+        proxy.wait_tunnels(1)             # the second got as far as the tunnel
+    finally:
+        proxy.stop()
 
 
 def test_silent_proxy_times_out():

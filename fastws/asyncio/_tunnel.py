@@ -16,6 +16,7 @@ Every rule about proxies lives in fastws.proxy; this module only moves the bytes
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import ssl as ssl_module
 from typing import Any
@@ -103,6 +104,8 @@ async def open_through_proxy(loop: asyncio.AbstractEventLoop, protocol: Any, pro
         if exchange.tail or tunnel.early:
             raise ConnectionError(f"the proxy {proxy} sent data before the server spoke")
         if ssl is not None:
+            if proxy_tls is not None:
+                _pass_errors_through(transport)
             tls = await loop.start_tls(transport, protocol, ssl, server_hostname=host)
             if tls is None:       # the proxy's connection went away meanwhile
                 raise ConnectionResetError(f"the proxy {proxy} closed the tunnel")
@@ -123,6 +126,21 @@ async def _resolve(loop: asyncio.AbstractEventLoop, proxy: Proxy, host: str,
     if not proxy.resolves_locally:
         return None
     return await loop.run_in_executor(None, resolve_for, proxy, host, port)
+
+
+def _pass_errors_through(transport: Any) -> None:
+    """Work around CPython gh-113214 (fixed in 3.11.8 and 3.12.2): when the inner TLS
+    session of TLS in TLS fails (a certificate the context does not trust), the stdlib
+    loop calls the outer TLS transport's `_force_close(exc)`, which hands `exc` to an
+    `SSLProtocol._abort()` that takes none: a TypeError instead of the ssl.SSLError, and
+    start_tls never returns. Give that transport a `_force_close` that aborts."""
+    from asyncio import sslproto
+    if not isinstance(transport, sslproto._SSLProtocolTransport):
+        return           # uvloop's, or another loop's: not affected
+    if len(inspect.signature(sslproto.SSLProtocol._abort).parameters) > 1:
+        return           # a fixed Python
+    outer: Any = transport
+    outer._force_close = lambda exc: outer.abort()
 
 
 def _no_delay(transport: asyncio.BaseTransport) -> None:
