@@ -201,6 +201,32 @@ def test_redirect_is_followed(start_server, transport, loop_kind):
 
 
 @pytest.mark.parametrize("transport", ["tls"], indirect=True)
+def test_redirect_from_ws_to_wss_is_followed(start_server, transport, ca, tmp_path,
+                                             monkeypatch):
+    """ws:// may move to wss://: the default context checks the server (it trusts the test
+    CA here through SSL_CERT_FILE, as it would a public CA)."""
+    target = start_server(Recorder(echo=True))
+    from conftest import ThreadedServer, Transport
+    redirect = Redirect(308)
+    redirect.location = target.url
+    plain = ThreadedServer(redirect, Transport("clear", None, None))
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+
+    async def main():
+        async with fa.connect(plain.url, proxy=None) as ws:
+            await ws.send("now over TLS")
+            assert await ws.recv(TIMEOUT) == "now over TLS"   # target only speaks TLS
+
+    try:
+        run(main())
+    finally:
+        plain.stop()
+    assert redirect.requests == 1
+
+
+@pytest.mark.parametrize("transport", ["tls"], indirect=True)
 def test_redirect_from_wss_to_ws_is_refused(start_server, transport):
     redirect = Redirect(307)
     redirect.location = "ws://127.0.0.1:9/"
