@@ -1,4 +1,4 @@
-"""The clients of docs/clients.md: blocking, reconnecting (blocking and Loop), through a proxy.
+"""The clients of docs/clients.md: blocking, reconnecting (blocking, Loop, asyncio), via a proxy.
 
 Starts a fastws server on 127.0.0.1 (an echo at /echo, a redirect from /old to /echo, and
 a /restart that closes with 1012 as a server going down for a restart does), then:
@@ -6,13 +6,15 @@ a /restart that closes with 1012 as a server going down for a restart does), the
 1. a blocking client (fastws.sync) that follows the redirect, echoes and pings;
 2. a reconnecting blocking client: `for ws in fastws.sync.connect(...)`;
 3. a reconnecting Loop client: `fastws.connect(..., reconnect=...)` and `on_reconnecting`;
-4. a blocking client through tinyproxy, when tinyproxy is installed.
+4. a reconnecting asyncio client: `async for ws in fastws.asyncio.connect(...)`;
+5. a blocking and an asyncio client through tinyproxy, when tinyproxy is installed.
 
     python examples/clients.py
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -23,6 +25,7 @@ import threading
 import time
 
 import fastws
+import fastws.asyncio
 import fastws.sync
 from fastws import Frame, OpCode, Response
 
@@ -95,6 +98,34 @@ def reconnecting_loop_client(base: str) -> None:
     print("reconnecting Loop client: stopped after 3 connections")
 
 
+async def reconnecting_asyncio(base: str) -> None:
+    connections = 0
+
+    def on_reconnecting(delay: float, cause: BaseException) -> None:
+        print(f"  reconnecting in {delay:.2f} s: {cause}")
+
+    async for ws in fastws.asyncio.connect(
+            base + "/restart", proxy=None, on_reconnecting=on_reconnecting,
+            backoff=fastws.Backoff(initial_delay=0.05, max_delay=1.0)):
+        connections += 1
+        try:
+            async for message in ws:
+                print("  message:", message)
+        except fastws.asyncio.ConnectionClosed as exc:
+            print(f"  closed {exc.code} {exc.reason}")   # 1012: the loop comes round again
+        if connections == 3:
+            break               # ends the reconnecting
+    print(f"reconnecting asyncio client: {connections} connections")
+
+
+async def asyncio_echo(url: str, proxy: str) -> str:
+    async with fastws.asyncio.connect(url, proxy=proxy) as ws:
+        await ws.send("via the proxy")
+        message = await ws.recv(timeout=5)
+        assert isinstance(message, str)
+        return message
+
+
 def through_tinyproxy(base: str) -> None:
     tinyproxy = shutil.which("tinyproxy")
     if tinyproxy is None:
@@ -122,6 +153,8 @@ def through_tinyproxy(base: str) -> None:
             with fastws.sync.connect(base + "/echo", proxy=f"http://127.0.0.1:{port}") as ws:
                 ws.send("via the proxy")
                 print(f"proxy: {ws.recv(timeout=5)!r} through tinyproxy")
+            reply = asyncio.run(asyncio_echo(base + "/echo", f"http://127.0.0.1:{port}"))
+            print(f"proxy: {reply!r} through tinyproxy (asyncio)")
         finally:
             proxy.terminate()
             proxy.wait(10)
@@ -137,6 +170,7 @@ def main() -> None:
         blocking(base)
         reconnecting_blocking(base)
         reconnecting_loop_client(base)
+        asyncio.run(reconnecting_asyncio(base))
         through_tinyproxy(base)
     finally:
         loop.call_soon_threadsafe(loop.stop)

@@ -7,6 +7,11 @@ on the fastws Loop, and an awaitable API for coroutines.
     conn = await fastws.asyncio.connect(url, handler)                  # callbacks
     async with fastws.asyncio.connect(url) as ws:                      # awaitable
         await ws.send("hello"); print(await ws.recv())
+    async for ws in fastws.asyncio.connect(url):                       # reconnecting
+        ...
+
+Clients go through proxies (from the environment by default), follow redirects and
+reconnect, as the other fastws clients do (docs/clients.md).
 
 A coroutine function is the awaitable form; any other object is a handler whose on_*
 methods are called (docs/asyncio.md).

@@ -27,16 +27,18 @@ class AsyncioProtocol(AsyncioTransport, asyncio.BufferedProtocol):
 
 
 def new_connection(loop: asyncio.AbstractEventLoop, handler: Any, *, is_client: bool,
-                   limits: Limits, server: Any = None) -> Connection:
+                   limits: Limits, server: Any = None,
+                   connection_class: type[Connection] = Connection) -> Connection:
     """A Connection whose transport is an AsyncioProtocol, not yet connected: hand
-    `conn._transport` to asyncio as the protocol (create_server, create_connection)."""
+    `conn._transport` to asyncio as the protocol (create_server, create_connection).
+    The client passes a `connection_class` that remembers the application's close."""
 
     def transport(conn: Connection) -> AsyncioProtocol:
         return AsyncioProtocol(loop, conn, is_client=is_client,
                                close_timeout=limits.close_timeout)
 
-    return Connection(loop, None, handler, is_client=is_client, limits=limits, server=server,
-                      transport_factory=transport)
+    return connection_class(loop, None, handler, is_client=is_client, limits=limits,
+                            server=server, transport_factory=transport)
 
 
 def is_coroutine_handler(handler: Any) -> bool:
