@@ -40,16 +40,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._codec import CloseCode, OpCode, encode_frame
+from ._connection import ConnectionBase
 from ._fanout import Fanout
 from .deflate import Deflate, DeflateOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from ._asyncio_websocket import WebSocket
     from .connection import Connection
-    from .loop import Loop
+    from .eventloop import EventLoop, IOEventLoop
 
-__all__ = ["Backplane", "SlowConsumers", "Subscriber", "Topics", "broadcast"]
+__all__ = ["Backplane", "SlowConsumers", "Subscriber", "TopicServer", "Topics", "broadcast"]
 
 logger = logging.getLogger("fastws")
 
@@ -126,10 +128,10 @@ def _message(message: object) -> tuple[int, bytes]:
                         f"{type(message).__name__}") from None
 
 
-_fanouts: weakref.WeakKeyDictionary[Loop, Fanout] = weakref.WeakKeyDictionary()
+_fanouts: weakref.WeakKeyDictionary[EventLoop, Fanout] = weakref.WeakKeyDictionary()
 
 
-def fanout_for(loop: Loop) -> Fanout:
+def fanout_for(loop: EventLoop) -> Fanout:
     """The loop's Fanout: one per loop, so that every broadcast on it batches together."""
     fanout = _fanouts.get(loop)
     if fanout is None:
@@ -163,7 +165,7 @@ class _SharedCompressors:
 class _SlowPolicy:
     """Applies a SlowConsumers policy to the slow subscribers a delivery found."""
 
-    def __init__(self, policy: SlowConsumers, loop: Loop) -> None:
+    def __init__(self, policy: SlowConsumers, loop: EventLoop) -> None:
         self.policy = policy
         self.loop = loop
         self._dropped: dict[Connection, int] = {}     # this iteration's, to report
@@ -195,7 +197,18 @@ class _SlowPolicy:
 _DEFAULT_POLICY = SlowConsumers()
 
 
-def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
+def _connection_of(item: Any) -> Any:
+    if isinstance(item, ConnectionBase):
+        return item
+    conn = getattr(item, "connection", None)
+    if not isinstance(conn, ConnectionBase):
+        raise TypeError("broadcast() sends to fastws connections (or fastws.asyncio "
+                        f"WebSockets), not {type(item).__name__}")
+    return conn
+
+
+def broadcast(connections: Iterable[Connection] | Iterable[WebSocket],
+              message: str | Buffer, *,
               slow_consumers: SlowConsumerSetting = _DEFAULT_POLICY) -> int:
     """Send `message` to every open WebSocket connection in `connections`; return how many.
 
@@ -204,15 +217,22 @@ def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
     connections), and sends are batched: one write per socket per loop iteration.
     Connections that are not open (not upgraded, closing, closed) are skipped, and so are
     slow ones, by the `slow_consumers` policy (default: close at 1 MiB unsent; see
-    SlowConsumers). The connections belong to the calling thread's loop.
+    SlowConsumers). The connections belong to the calling thread's loop (a fastws Loop or
+    an asyncio loop); fastws.asyncio's WebSocket objects can be given instead of
+    connections.
     """
     opcode, data = _message(message)
     # A snapshot: a connection that closes while we send (a write error) leaves sets such
     # as server.connections, which must not change under the loop.
-    items = connections if isinstance(connections, (list, tuple)) else list(connections)
-    first = next(iter(items), None)
+    items: list[Any] | tuple[Any, ...] = (
+        connections if isinstance(connections, (list, tuple)) else list(connections))
+    first: Any = next(iter(items), None)
     if first is None:
         return 0
+    if not isinstance(first, ConnectionBase):
+        # fastws.asyncio's WebSocket objects (the awaitable form): their connections.
+        items = [_connection_of(item) for item in items]
+        first = items[0]
     policy = _policy_for(first.loop, slow_consumers)
     slow: list[Connection] = []
     frame = encode_frame(opcode, data)
@@ -223,11 +243,11 @@ def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
     return count
 
 
-_policies: weakref.WeakKeyDictionary[Loop, dict[SlowConsumers, _SlowPolicy]] = (
+_policies: weakref.WeakKeyDictionary[EventLoop, dict[SlowConsumers, _SlowPolicy]] = (
     weakref.WeakKeyDictionary())
 
 
-def _policy_for(loop: Loop, setting: SlowConsumerSetting) -> _SlowPolicy:
+def _policy_for(loop: EventLoop, setting: SlowConsumerSetting) -> _SlowPolicy:
     policy = slow_consumers(setting)
     per_loop = _policies.setdefault(loop, {})
     found = per_loop.get(policy)
@@ -247,7 +267,7 @@ class Topics:
     subscribes to it, and publishing goes through it.
     """
 
-    def __init__(self, loop: Loop, *, compression: DeflateOptions | None = None,
+    def __init__(self, loop: EventLoop, *, compression: DeflateOptions | None = None,
                  slow_consumers: SlowConsumerSetting = _DEFAULT_POLICY) -> None:
         self.loop = loop
         self._subscribers: dict[str, dict[Connection, Any]] = {}
@@ -424,5 +444,54 @@ class Subscriber:
         if server is None:
             raise RuntimeError("topics belong to a server: a client connection has none "
                                "(use fastws.broadcast for a collection of connections)")
-        topics: Topics = server.topics
+        topics = getattr(server, "topics", None)
+        if not isinstance(topics, Topics):
+            # Embedded in another server (fastws.uvicorn): no fastws server keeps topics.
+            raise RuntimeError(
+                "topics belong to fastws servers (fastws.serve, fastws.asyncio.serve); "
+                f"this connection is served by {type(server).__module__}."
+                f"{type(server).__qualname__}, which has none (use fastws.broadcast over "
+                "connections you keep)")
         return topics
+
+
+class TopicServer:
+    """The topics of a server (mixed into fastws.server.Server and fastws.asyncio's): one
+    `Topics`, its backplane (`pubsub`), `publish`, and the backplane's events for the
+    application. A server calls `_init_topics` when it is built and `_forget_topics(conn)`
+    when a WebSocket closes; `RedisPubSub.start(server)` links it to Redis."""
+
+    loop: IOEventLoop
+    handler: Any
+    topics: Topics
+    pubsub: Any                          # the backplane (serve(pubsub=...)), or None
+
+    def _init_topics(self, compression: DeflateOptions | None,
+                     slow_consumers: SlowConsumerSetting) -> None:
+        self.topics = Topics(self.loop, compression=compression,
+                             slow_consumers=slow_consumers)
+        self.pubsub = None
+
+    @property
+    def slow_consumers(self) -> SlowConsumers:
+        """What happens to a subscriber that does not keep up (fastws.topics)."""
+        return self.topics.slow_consumers
+
+    def publish(self, topic: str, message: str | Buffer) -> None:
+        """Send `message` (str: text, bytes-like: binary) to every subscriber of `topic`:
+        this server's and, with `serve(pubsub=...)`, every linked server's."""
+        self.topics.publish(topic, message)
+
+    def _backplane_listener(self) -> Any:
+        """The object whose on_backplane_* methods are called: the server's handler."""
+        return self.handler
+
+    def _backplane_event(self, name: str, *args: object) -> None:
+        """Tell the handler about the backplane (on_backplane_lost, ...), if it listens."""
+        callback = getattr(self._backplane_listener(), name, None)
+        if callback is None:
+            return
+        try:
+            callback(self, *args)
+        except Exception:
+            logger.exception("exception in %s", name)
