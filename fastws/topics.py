@@ -26,7 +26,9 @@ Slow consumers: a subscriber whose unsent data passes `SlowConsumers.max_backlog
 does not get more: by default ("close") it is closed with 1008, so a client can reconnect
 and catch up rather than silently missing messages; with "drop" the messages are skipped
 for it, counted in `conn.messages_dropped`, and the handler's
-`on_messages_dropped(conn, count)` is told once per loop iteration. Nobody else waits.
+`on_messages_dropped(conn, count)` is told once per loop iteration (in fastws.asyncio's
+awaitable form, the application object's `on_messages_dropped(ws, count)`, given the
+WebSocket). Nobody else waits.
 """
 
 from __future__ import annotations
@@ -186,10 +188,13 @@ class _SlowPolicy:
     def _report(self) -> None:
         dropped, self._dropped = self._dropped, {}
         for conn, count in dropped.items():
-            callback = getattr(conn.handler, "on_messages_dropped", None)
+            server = conn.server
+            listener, about = (server._dropped_listener(conn) if isinstance(server, TopicServer)
+                               else (conn.handler, conn))
+            callback = getattr(listener, "on_messages_dropped", None)
             if callback is not None and not conn.closed:
                 try:
-                    callback(conn, count)
+                    callback(about, count)
                 except Exception as exc:
                     conn.internal_error(exc)
 
@@ -485,6 +490,11 @@ class TopicServer:
     def _backplane_listener(self) -> Any:
         """The object whose on_backplane_* methods are called: the server's handler."""
         return self.handler
+
+    def _dropped_listener(self, conn: Connection) -> tuple[Any, Any]:
+        """Whose `on_messages_dropped(x, count)` hears that `conn` missed messages, and the
+        `x` it is given: the connection's handler and the connection."""
+        return conn.handler, conn
 
     def _backplane_event(self, name: str, *args: object) -> None:
         """Tell the handler about the backplane (on_backplane_lost, ...), if it listens."""

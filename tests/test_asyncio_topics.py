@@ -102,6 +102,24 @@ async def rooms_coroutine(ws):
             ws.publish(room, message)
 
 
+class AwaitableRooms:
+    """rooms_coroutine as an object, which also hears about dropped messages."""
+
+    def __init__(self):
+        self.closed = []
+        self.dropped = []
+
+    async def __call__(self, ws):
+        try:
+            await rooms_coroutine(ws)
+        finally:
+            self.closed.append((ws.close_code, ws.close_reason))
+
+    def on_messages_dropped(self, ws, count):
+        assert isinstance(ws, fa.WebSocket)
+        self.dropped.append(count)
+
+
 def rooms_handler(form):
     return Rooms() if form == "callback" else rooms_coroutine
 
@@ -224,11 +242,12 @@ async def silent_subscriber(port: int, path: str) -> socket.socket:
     return sock
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("action", ["drop", "close"])
-def test_slow_consumer_policy(aio, action):
+def test_slow_consumer_policy(aio, action, form):
     """10,000 messages of 1 KiB to a reader that keeps up and one that never reads: the
     reader gets every one, the silent one is handled by the policy with bounded memory."""
-    rooms = Rooms()
+    rooms = Rooms() if form == "callback" else AwaitableRooms()
     payload = b"x" * 1024
     limit = 64 * 1024
 

@@ -155,6 +155,12 @@ class Server(TopicServer):
     def _backplane_listener(self) -> Any:
         return self._application
 
+    def _dropped_listener(self, conn: Connection) -> tuple[Any, Any]:
+        # The awaitable form: the application's object hears it, about the WebSocket.
+        if isinstance(conn.handler, WebSocket):
+            return self._application, conn.handler
+        return conn.handler, conn
+
     def _check_idle(self) -> None:
         idle = self._idle
         if idle is not None and not idle.done() and not self.all_connections and not self._tasks:
@@ -272,9 +278,10 @@ def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
     not keep up; `pubsub` (a "redis://..." or "rediss://..." URL, or a
     fastws.RedisPubSub) links the topics of every server through Redis, its connections
     running on this loop. The backplane's events (`on_backplane_lost(server, reason)`,
-    `on_backplane_restored(server, seconds)`, `on_backplane_dropped(server, count)`) are
-    methods of `handler` (in the awaitable form: of an object with `async def
-    __call__(self, ws)`).
+    `on_backplane_restored(server, seconds)`, `on_backplane_dropped(server, count)`) and
+    `on_messages_dropped(conn, count)` are methods of `handler`; in the awaitable form,
+    of an object with `async def __call__(self, ws)`, and on_messages_dropped is given
+    the WebSocket.
 
     Use `server = await serve(...)` or `async with serve(...) as server:`.
     """
