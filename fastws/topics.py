@@ -137,7 +137,9 @@ def fanout_for(loop: EventLoop) -> Fanout:
     """The loop's Fanout: one per loop, so that every broadcast on it batches together."""
     fanout = _fanouts.get(loop)
     if fanout is None:
-        fanout = _fanouts[loop] = Fanout(loop)
+        # Given a weak proxy of the loop: a value that held its key would keep every loop
+        # (each asyncio.run() makes one) and its Fanout alive for ever.
+        fanout = _fanouts[loop] = Fanout(weakref.proxy(loop))
     return fanout
 
 
@@ -257,7 +259,7 @@ def _policy_for(loop: EventLoop, setting: SlowConsumerSetting) -> _SlowPolicy:
     per_loop = _policies.setdefault(loop, {})
     found = per_loop.get(policy)
     if found is None:
-        found = per_loop[policy] = _SlowPolicy(policy, loop)
+        found = per_loop[policy] = _SlowPolicy(policy, weakref.proxy(loop))  # as fanout_for
     return found
 
 

@@ -504,3 +504,26 @@ def test_topics_under_uvicorn_raise_a_clear_error():
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT * 3))
     assert len(errors) == 3
+
+
+def test_a_finished_loop_is_freed():
+    """Each asyncio.run() makes a loop: the broadcast machinery kept for it (its Fanout,
+    its slow-consumer policies) must not keep it alive once it is gone."""
+    import gc
+    import weakref
+
+    loops = []
+
+    async def main():
+        async with (fa.serve(Rooms(), "127.0.0.1", 0) as server,
+                    fa.connect(f"ws://127.0.0.1:{server.port}/room/x") as ws):
+            await until(lambda: server.topics.count("x") == 1)
+            server.publish("x", "published")
+            assert fastws.broadcast(server.connections, "broadcast") == 1
+            assert [await ws.recv(), await ws.recv()] == ["published", "broadcast"]
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+
+    for _ in range(2):
+        asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None]
