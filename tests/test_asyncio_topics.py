@@ -459,6 +459,60 @@ def test_redis_restarted_under_an_asyncio_server(aio, redis):
     aio(main())
 
 
+@needs_redis
+def test_tls_to_redis_from_an_asyncio_server(aio, tmp_path, ca):
+    """rediss://: the backplane's TLS handshake runs on the asyncio loop's readiness
+    callbacks too."""
+    import ssl
+
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    redis = RedisServer(tmp_path, "--tls-cert-file", str(tmp_path / "cert.pem"),
+                        "--tls-key-file", str(tmp_path / "key.pem"),
+                        "--tls-ca-cert-file", str(tmp_path / "ca.pem"),
+                        "--tls-auth-clients", "no", tls=True)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    def numsub(channel: str) -> int:
+        """PUBSUB NUMSUB over TLS (the test's own client)."""
+        import hiredis
+        reader = hiredis.Reader()
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", redis.port),
+                                                          timeout=5),
+                                 server_hostname="127.0.0.1") as sock:
+            sock.sendall(hiredis.pack_command(("PUBSUB", "NUMSUB", channel)))
+            while (reply := reader.gets()) is False:
+                data = sock.recv(65536)
+                assert data, "redis closed the connection"
+                reader.feed(data)
+        return int(reply[1])
+
+    async def main():
+        async with fa.serve(Relay(), "127.0.0.1", 0,
+                            pubsub=fastws.RedisPubSub(redis.url, ssl=context)) as server:
+            await until(lambda: server.pubsub.connected)
+            async with fa.connect(f"ws://127.0.0.1:{server.port}/chat/secure",
+                                  compression=False) as ws:
+                await until(lambda: numsub("fastws:secure") == 1)
+                await ws.send("over TLS")
+                assert await ws.recv() == "over TLS"
+        # Without our CA the certificate is refused, and the application is told.
+        relay = Relay()
+        async with fa.serve(relay, "127.0.0.1", 0,
+                            pubsub=fastws.RedisPubSub(redis.url, reconnect_max=0.2)):
+            await until(lambda: relay.events)
+            assert relay.events[0][0] == "lost"
+            assert "CERTIFICATE_VERIFY_FAILED" in relay.events[0][1]
+
+    try:
+        aio(main())
+    finally:
+        redis.stop()
+
+
 # ------------------------------------------------------------------ embedded elsewhere
 
 def test_topics_under_uvicorn_raise_a_clear_error():
