@@ -19,7 +19,9 @@ wants one, so that its answers precede what the protocol writes for later input.
 still kept in the loop's next round is parsed then (`feed_all`). Writing: the
 writes made while one read is handled are batched and leave together, with one
 `transport.write()`/`writelines()`, when the read is done; a coroutine woken by that read
-can join the batch (`hold_writes`); every other write goes to the asyncio transport at once.
+can join the batch (`hold_writes`), and a broadcast holds the transport until the end of the
+loop's iteration (Sink.hold/release, from fastws._fanout: one `writelines()` for every frame
+published to it in that iteration); every other write goes to the asyncio transport at once.
 Back-pressure comes from the asyncio transport's own write buffer (its high and low water
 marks are the connection's limits); past `max_write_buffer` unsent bytes the listener is
 told the peer does not read.
@@ -421,6 +423,29 @@ cdef class AsyncioTransport(Sink):
     def write_bytes(self, data):
         """Bytes for the peer (HTTP answers, the handshake); sent as batching allows."""
         self.write(data)
+
+    cdef int hold(self) except -1:
+        # Sink.hold, for a broadcast (fastws._fanout): writes wait until its release() at
+        # the end of the loop's iteration, which hands them to asyncio together. Shares
+        # `_held` with hold_writes(): whichever ends the hold first sends the batch.
+        if self._held or self.closed:
+            return 0
+        self._held = True
+        return 1
+
+    cdef int release(self) except -1:
+        if self._held:
+            self._held = False
+            if not self.closed:
+                self.flush()
+        return 0
+
+    cdef Py_ssize_t unsent(self):
+        # What a slow consumer policy measures: ours and asyncio's buffer.
+        cdef Py_ssize_t size = self._pending_size
+        if self._transport is not None and not self.closed:
+            size += self._transport.get_write_buffer_size()
+        return size
 
     def hold_writes(self):
         """Keep writes batched until the loop's next round: a coroutine that a read just

@@ -18,6 +18,10 @@ write buffer is above its high-water mark. Every failure is an exception in the 
 a closed connection raises ConnectionClosedOK (1000, 1001, or a close frame without a
 code) or ConnectionClosedError (anything else, 1006 when TCP went away without a closing
 handshake); `async for` ends on ConnectionClosedOK.
+
+On a server, `ws.subscribe(topic)`, `ws.unsubscribe(topic)` and `ws.publish(topic, message)`
+are its connection's topic methods (fastws.topics), and `fastws.broadcast()` takes
+WebSockets as well as connections.
 """
 
 import asyncio
@@ -125,6 +129,32 @@ cdef class WebSocket:
     def queued(self):
         """Messages received and not yet taken by recv()."""
         return len(self._messages)
+
+    # ---------------------------------------------------------------- topics (a server's)
+
+    def subscribe(self, topic):
+        """Receive what is published to `topic` (fastws.topics); False when subscribed
+        already. A server's WebSockets only."""
+        return self.connection.subscribe(topic)
+
+    def unsubscribe(self, topic):
+        """Stop receiving `topic`; False when not subscribed."""
+        return self.connection.unsubscribe(topic)
+
+    def publish(self, topic, message):
+        """Send `message` to every other subscriber of `topic` (not to this WebSocket),
+        on this server and, with serve(pubsub=...), on every linked server."""
+        self.connection.publish(topic, message)
+
+    @property
+    def topics(self):
+        """The topics this WebSocket subscribes to."""
+        return self.connection.topics
+
+    @property
+    def messages_dropped(self):
+        """Published messages skipped for it while it was a slow consumer ("drop")."""
+        return self.connection.messages_dropped
 
     # ---------------------------------------------------------------- handler callbacks
 

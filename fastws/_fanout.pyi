@@ -6,12 +6,12 @@ from typing import Any
 from typing_extensions import disjoint_base
 
 from ._protocol import Sink
-from .loop import Loop
+from .eventloop import EventLoop
 
 @disjoint_base
 class Fanout:
     after_release: Callable[[], object] | None
-    def __init__(self, loop: Loop) -> None: ...
+    def __init__(self, loop: EventLoop) -> None: ...
     @property
     def deliveries(self) -> int: ...
     @property

@@ -1,9 +1,9 @@
 """The Redis backplane: a server's topics linked to every worker and machine through Redis.
 
 `serve(..., pubsub="redis://host:6379/0")` (or a `RedisPubSub` for more settings) gives
-each server process two connections to Redis, non-blocking sockets on its fastws Loop (no
-thread, no blocking client; the RESP and subscription logic is fastws.redis_session, sans
-I/O):
+each server process two connections to Redis, non-blocking sockets on the server's loop
+(the fastws Loop; asyncio's or uvloop for fastws.asyncio.serve), with no thread and no
+blocking client (the RESP and subscription logic is fastws.redis_session, sans I/O):
 
 * a subscriber: a topic is subscribed on Redis (channel `prefix + topic`) when the first
   local connection subscribes to it and unsubscribed after the last leaves; every message
@@ -39,6 +39,7 @@ import ssl as ssl_module
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .eventloop import loop_is_closed
 from .redis_link import Link
 from .redis_session import (
     ClusterSlots,
@@ -52,8 +53,8 @@ from .redis_session import (
 )
 
 if TYPE_CHECKING:
-    from .loop import Loop, Timer
-    from .server import Server
+    from .eventloop import IOEventLoop, TimerHandle
+    from .topics import TopicServer
 
 __all__ = ["PubSubSetting", "RedisPubSub", "pubsub_settings"]
 
@@ -132,8 +133,8 @@ class RedisPubSub:
         self.reconnect_max = reconnect_max
         self.ping_interval = ping_interval
         self.connect_timeout = connect_timeout
-        self.server: Server | None = None
-        self._loop: Loop | None = None
+        self.server: TopicServer | None = None
+        self._loop: IOEventLoop | None = None
         self._channels: set[bytes] = set()                   # what the local topics want
         self._nodes: dict[Address, _Node] = {}
         self._slots: ClusterSlots | None = None              # cluster: the slot map
@@ -143,7 +144,7 @@ class RedisPubSub:
         self._up: bool | None = None      # None: never connected yet
         self._down_since = 0.0
         self._dropping = 0                # dropped in this loop iteration, to report
-        self._ping_timer: Timer | None = None
+        self._ping_timer: TimerHandle | None = None
         # counters
         self.published = 0                # publishes handed to Redis
         self.received = 0                 # messages that came from Redis
@@ -157,7 +158,7 @@ class RedisPubSub:
     # -- state
 
     @property
-    def loop(self) -> Loop:
+    def loop(self) -> IOEventLoop:
         if self._loop is None:
             raise RuntimeError("the backplane is not started (serve(pubsub=...) starts it)")
         return self._loop
@@ -184,8 +185,11 @@ class RedisPubSub:
 
     # -- lifecycle
 
-    def start(self, server: Server) -> None:
-        """Link `server`'s topics to Redis (serve(pubsub=...) calls it in every process)."""
+    def start(self, server: TopicServer) -> None:
+        """Link `server`'s topics to Redis (serve(pubsub=...) calls it in every process).
+
+        `server` is a fastws server, on the fastws Loop or on an asyncio loop (asyncio's
+        or uvloop): the backplane's sockets are watched by that server's loop."""
         if self.server is not None:
             raise RuntimeError("this RedisPubSub already serves a server")
         self.server = server
@@ -335,7 +339,7 @@ class RedisPubSub:
 
     def _drop(self, count: int) -> None:
         self.dropped += count
-        if not self._dropping and self._loop is not None and not self._loop.is_closed:
+        if not self._dropping and self._loop is not None and not loop_is_closed(self._loop):
             self.loop.call_soon(self._report_dropped)
         self._dropping += count
 

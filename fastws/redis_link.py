@@ -1,10 +1,12 @@
-"""One connection to a Redis server on a fastws Loop, for the backplane (fastws.backplane).
+"""One connection to a Redis server on an event loop, for the backplane (fastws.backplane).
 
 A `Link` connects a non-blocking socket (and does the TLS handshake for rediss://), sends
 what its owner gives it in as few writes as possible, hands what it reads to its owner
 (`owner._received(link, data)`), and when the connection fails tells the owner
 (`owner._link_lost(link, reason)`) and connects again after an exponential back-off with
-jitter, until it is closed. What the bytes mean is the session's business
+jitter, until it is closed. The loop is the server's: the fastws Loop or an asyncio loop
+(it needs only what fastws.eventloop.IOEventLoop names: add_reader/add_writer, their
+removal, call_later and time). What the bytes mean is the session's business
 (fastws.redis_session, sans I/O): `session.hello()` is sent first on every connection.
 """
 
@@ -17,10 +19,11 @@ import ssl as ssl_module
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from .eventloop import loop_is_closed
 from .redis_session import RedisError
 
 if TYPE_CHECKING:
-    from .loop import Loop, Timer
+    from .eventloop import IOEventLoop, TimerHandle
 
 __all__ = ["Link", "LinkOwner", "Session"]
 
@@ -49,14 +52,14 @@ class LinkOwner(Protocol):
     tls: bool
 
     @property
-    def loop(self) -> Loop: ...
+    def loop(self) -> IOEventLoop: ...
     def ssl_context(self) -> ssl_module.SSLContext: ...
     def _received(self, link: Link, data: bytes) -> None: ...
     def _link_lost(self, link: Link, reason: str) -> None: ...
 
 
 class Link:
-    """One connection to a Redis server on a fastws Loop (see the module doc)."""
+    """One connection to a Redis server on the server's loop (see the module doc)."""
 
     def __init__(self, owner: LinkOwner, name: str, address: tuple[str, int],
                  session: Session) -> None:
@@ -70,11 +73,11 @@ class Link:
         self.unsent = 0
         self._writing = False
         self._attempt = 0
-        self._timer: Timer | None = None        # reconnect, or the connect deadline
+        self._timer: TimerHandle | None = None        # reconnect, or the connect deadline
         self.closed = False
 
     @property
-    def loop(self) -> Loop:
+    def loop(self) -> IOEventLoop:
         return self.owner.loop
 
     # -- connecting
@@ -238,7 +241,7 @@ class Link:
         self.unsent = 0
         if sock is not None:
             loop = self.loop
-            if not loop.is_closed:
+            if not loop_is_closed(loop):
                 loop.remove_reader(sock)
                 loop.remove_writer(sock)
             sock.close()

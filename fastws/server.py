@@ -24,11 +24,9 @@ from .deflate import CompressionSetting, DeflateOptions, deflate_options
 from .handler import check_handler
 from .limits import Limits
 from .loop import Loop, default_loop
-from .topics import SlowConsumers, SlowConsumerSetting, Topics
+from .topics import SlowConsumerSetting, TopicServer
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
-
     from .backplane import PubSubSetting
 
 __all__ = ["Server", "serve"]
@@ -40,8 +38,14 @@ logger = logging.getLogger("fastws")
 _ACCEPTS_PER_EVENT = 64
 
 
-class Server:
-    """A listening socket and the connections it accepted. Close with `close()`."""
+class Server(TopicServer):
+    """A listening socket and the connections it accepted. Close with `close()`.
+
+    Its topics (`topics`, `publish`, `pubsub`, `slow_consumers`) are
+    fastws.topics.TopicServer's.
+    """
+
+    loop: Loop
 
     def __init__(self, loop: Loop, sock: socket.socket, handler: Any,
                  ssl_context: ssl_module.SSLContext | None, limits: Limits,
@@ -59,8 +63,7 @@ class Server:
         self.compression = compression     # permessage-deflate settings; None: off
         self.connections: set[Connection] = set()      # WebSocket: upgraded, not closed
         self.all_connections: set[Connection] = set()  # every accepted one, HTTP too
-        self.topics = Topics(loop, compression=compression, slow_consumers=slow_consumers)
-        self.pubsub: Any = None                        # the backplane (serve(pubsub=...))
+        self._init_topics(compression, slow_consumers)  # topics, pubsub (fastws.topics)
         self.worker = 0                    # 0: the parent (or only) process; see serve(workers=)
         self.worker_pids: list[int] = []   # in the parent: the worker processes it forked
         self._worker_pipe: tuple[int, int] | None = None  # closed by the parent: workers stop
@@ -135,28 +138,6 @@ class Server:
             self.topics.forget(conn)
         if not self._accepting:
             self._resume_accepting()
-
-    # ------------------------------------------------------------------ topics
-
-    @property
-    def slow_consumers(self) -> SlowConsumers:
-        """What happens to a subscriber that does not keep up (fastws.topics)."""
-        return self.topics.slow_consumers
-
-    def publish(self, topic: str, message: str | Buffer) -> None:
-        """Send `message` (str: text, bytes-like: binary) to every subscriber of `topic`:
-        this server's and, with `serve(pubsub=...)`, every linked server's."""
-        self.topics.publish(topic, message)
-
-    def _backplane_event(self, name: str, *args: object) -> None:
-        """Tell the handler about the backplane (on_backplane_lost, ...), if it listens."""
-        callback = getattr(self.handler, name, None)
-        if callback is None:
-            return
-        try:
-            callback(self, *args)
-        except Exception:
-            logger.exception("exception in %s", name)
 
     def close(self) -> None:
         """Stop accepting and close every connection gracefully.

@@ -26,7 +26,9 @@ Slow consumers: a subscriber whose unsent data passes `SlowConsumers.max_backlog
 does not get more: by default ("close") it is closed with 1008, so a client can reconnect
 and catch up rather than silently missing messages; with "drop" the messages are skipped
 for it, counted in `conn.messages_dropped`, and the handler's
-`on_messages_dropped(conn, count)` is told once per loop iteration. Nobody else waits.
+`on_messages_dropped(conn, count)` is told once per loop iteration (in fastws.asyncio's
+awaitable form, the application object's `on_messages_dropped(ws, count)`, given the
+WebSocket). Nobody else waits.
 """
 
 from __future__ import annotations
@@ -40,16 +42,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._codec import CloseCode, OpCode, encode_frame
+from ._connection import ConnectionBase
 from ._fanout import Fanout
 from .deflate import Deflate, DeflateOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from ._asyncio_websocket import WebSocket
     from .connection import Connection
-    from .loop import Loop
+    from .eventloop import EventLoop, IOEventLoop
 
-__all__ = ["Backplane", "SlowConsumers", "Subscriber", "Topics", "broadcast"]
+__all__ = ["Backplane", "SlowConsumers", "Subscriber", "TopicServer", "Topics", "broadcast"]
 
 logger = logging.getLogger("fastws")
 
@@ -126,14 +130,16 @@ def _message(message: object) -> tuple[int, bytes]:
                         f"{type(message).__name__}") from None
 
 
-_fanouts: weakref.WeakKeyDictionary[Loop, Fanout] = weakref.WeakKeyDictionary()
+_fanouts: weakref.WeakKeyDictionary[EventLoop, Fanout] = weakref.WeakKeyDictionary()
 
 
-def fanout_for(loop: Loop) -> Fanout:
+def fanout_for(loop: EventLoop) -> Fanout:
     """The loop's Fanout: one per loop, so that every broadcast on it batches together."""
     fanout = _fanouts.get(loop)
     if fanout is None:
-        fanout = _fanouts[loop] = Fanout(loop)
+        # Given a weak proxy of the loop: a value that held its key would keep every loop
+        # (each asyncio.run() makes one) and its Fanout alive for ever.
+        fanout = _fanouts[loop] = Fanout(weakref.proxy(loop))
     return fanout
 
 
@@ -163,7 +169,7 @@ class _SharedCompressors:
 class _SlowPolicy:
     """Applies a SlowConsumers policy to the slow subscribers a delivery found."""
 
-    def __init__(self, policy: SlowConsumers, loop: Loop) -> None:
+    def __init__(self, policy: SlowConsumers, loop: EventLoop) -> None:
         self.policy = policy
         self.loop = loop
         self._dropped: dict[Connection, int] = {}     # this iteration's, to report
@@ -184,10 +190,13 @@ class _SlowPolicy:
     def _report(self) -> None:
         dropped, self._dropped = self._dropped, {}
         for conn, count in dropped.items():
-            callback = getattr(conn.handler, "on_messages_dropped", None)
+            server = conn.server
+            listener, about = (server._dropped_listener(conn) if isinstance(server, TopicServer)
+                               else (conn.handler, conn))
+            callback = getattr(listener, "on_messages_dropped", None)
             if callback is not None and not conn.closed:
                 try:
-                    callback(conn, count)
+                    callback(about, count)
                 except Exception as exc:
                     conn.internal_error(exc)
 
@@ -195,7 +204,18 @@ class _SlowPolicy:
 _DEFAULT_POLICY = SlowConsumers()
 
 
-def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
+def _connection_of(item: Any) -> Any:
+    if isinstance(item, ConnectionBase):
+        return item
+    conn = getattr(item, "connection", None)
+    if not isinstance(conn, ConnectionBase):
+        raise TypeError("broadcast() sends to fastws connections (or fastws.asyncio "
+                        f"WebSockets), not {type(item).__name__}")
+    return conn
+
+
+def broadcast(connections: Iterable[Connection] | Iterable[WebSocket],
+              message: str | Buffer, *,
               slow_consumers: SlowConsumerSetting = _DEFAULT_POLICY) -> int:
     """Send `message` to every open WebSocket connection in `connections`; return how many.
 
@@ -204,15 +224,22 @@ def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
     connections), and sends are batched: one write per socket per loop iteration.
     Connections that are not open (not upgraded, closing, closed) are skipped, and so are
     slow ones, by the `slow_consumers` policy (default: close at 1 MiB unsent; see
-    SlowConsumers). The connections belong to the calling thread's loop.
+    SlowConsumers). The connections belong to the calling thread's loop (a fastws Loop or
+    an asyncio loop); fastws.asyncio's WebSocket objects can be given instead of
+    connections.
     """
     opcode, data = _message(message)
     # A snapshot: a connection that closes while we send (a write error) leaves sets such
     # as server.connections, which must not change under the loop.
-    items = connections if isinstance(connections, (list, tuple)) else list(connections)
-    first = next(iter(items), None)
+    items: list[Any] | tuple[Any, ...] = (
+        connections if isinstance(connections, (list, tuple)) else list(connections))
+    first: Any = next(iter(items), None)
     if first is None:
         return 0
+    if not isinstance(first, ConnectionBase):
+        # fastws.asyncio's WebSocket objects (the awaitable form): their connections.
+        items = [_connection_of(item) for item in items]
+        first = items[0]
     policy = _policy_for(first.loop, slow_consumers)
     slow: list[Connection] = []
     frame = encode_frame(opcode, data)
@@ -223,16 +250,16 @@ def broadcast(connections: Iterable[Connection], message: str | Buffer, *,
     return count
 
 
-_policies: weakref.WeakKeyDictionary[Loop, dict[SlowConsumers, _SlowPolicy]] = (
+_policies: weakref.WeakKeyDictionary[EventLoop, dict[SlowConsumers, _SlowPolicy]] = (
     weakref.WeakKeyDictionary())
 
 
-def _policy_for(loop: Loop, setting: SlowConsumerSetting) -> _SlowPolicy:
+def _policy_for(loop: EventLoop, setting: SlowConsumerSetting) -> _SlowPolicy:
     policy = slow_consumers(setting)
     per_loop = _policies.setdefault(loop, {})
     found = per_loop.get(policy)
     if found is None:
-        found = per_loop[policy] = _SlowPolicy(policy, loop)
+        found = per_loop[policy] = _SlowPolicy(policy, weakref.proxy(loop))  # as fanout_for
     return found
 
 
@@ -247,7 +274,7 @@ class Topics:
     subscribes to it, and publishing goes through it.
     """
 
-    def __init__(self, loop: Loop, *, compression: DeflateOptions | None = None,
+    def __init__(self, loop: EventLoop, *, compression: DeflateOptions | None = None,
                  slow_consumers: SlowConsumerSetting = _DEFAULT_POLICY) -> None:
         self.loop = loop
         self._subscribers: dict[str, dict[Connection, Any]] = {}
@@ -424,5 +451,59 @@ class Subscriber:
         if server is None:
             raise RuntimeError("topics belong to a server: a client connection has none "
                                "(use fastws.broadcast for a collection of connections)")
-        topics: Topics = server.topics
+        topics = getattr(server, "topics", None)
+        if not isinstance(topics, Topics):
+            # Embedded in another server (fastws.uvicorn): no fastws server keeps topics.
+            raise RuntimeError(
+                "topics belong to fastws servers (fastws.serve, fastws.asyncio.serve); "
+                f"this connection is served by {type(server).__module__}."
+                f"{type(server).__qualname__}, which has none (use fastws.broadcast over "
+                "connections you keep)")
         return topics
+
+
+class TopicServer:
+    """The topics of a server (mixed into fastws.server.Server and fastws.asyncio's): one
+    `Topics`, its backplane (`pubsub`), `publish`, and the backplane's events for the
+    application. A server calls `_init_topics` when it is built and `_forget_topics(conn)`
+    when a WebSocket closes; `RedisPubSub.start(server)` links it to Redis."""
+
+    loop: IOEventLoop
+    handler: Any
+    topics: Topics
+    pubsub: Any                          # the backplane (serve(pubsub=...)), or None
+
+    def _init_topics(self, compression: DeflateOptions | None,
+                     slow_consumers: SlowConsumerSetting) -> None:
+        self.topics = Topics(self.loop, compression=compression,
+                             slow_consumers=slow_consumers)
+        self.pubsub = None
+
+    @property
+    def slow_consumers(self) -> SlowConsumers:
+        """What happens to a subscriber that does not keep up (fastws.topics)."""
+        return self.topics.slow_consumers
+
+    def publish(self, topic: str, message: str | Buffer) -> None:
+        """Send `message` (str: text, bytes-like: binary) to every subscriber of `topic`:
+        this server's and, with `serve(pubsub=...)`, every linked server's."""
+        self.topics.publish(topic, message)
+
+    def _backplane_listener(self) -> Any:
+        """The object whose on_backplane_* methods are called: the server's handler."""
+        return self.handler
+
+    def _dropped_listener(self, conn: Connection) -> tuple[Any, Any]:
+        """Whose `on_messages_dropped(x, count)` hears that `conn` missed messages, and the
+        `x` it is given: the connection's handler and the connection."""
+        return conn.handler, conn
+
+    def _backplane_event(self, name: str, *args: object) -> None:
+        """Tell the handler about the backplane (on_backplane_lost, ...), if it listens."""
+        callback = getattr(self._backplane_listener(), name, None)
+        if callback is None:
+            return
+        try:
+            callback(self, *args)
+        except Exception:
+            logger.exception("exception in %s", name)

@@ -130,6 +130,8 @@ def servers(redis_port: int | None) -> list[dict]:
     fastws = [PY, f"{HERE}/servers/fastws_fanout.py", "--port"]
     specs = [
         {"name": "fastws", "cmd": lambda p: fastws + [str(p)]},
+        {"name": "fastws.asyncio (uvloop)",
+         "cmd": lambda p: [PY, f"{HERE}/servers/fastws_asyncio_fanout.py", "--port", str(p)]},
         {"name": "picows (uvloop)", "peer": True,
          "cmd": lambda p: [PY, f"{HERE}/servers/picows_fanout.py", "--port", str(p)]},
         {"name": "websockets (asyncio)", "peer": True,

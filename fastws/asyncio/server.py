@@ -6,6 +6,11 @@ exactly as on the fastws Loop: the same handler callbacks, stages, limits, plain
 answers and permessage-deflate. TLS is asyncio's (`ssl=` a server-side SSLContext).
 The awaitable form accepts every valid upgrade request (plain HTTP requests get 404)
 and runs the coroutine once per WebSocket, in its own task, with a `WebSocket`.
+
+Topics are the Loop server's (fastws.topics.TopicServer: one `Topics`, one backplane, on
+either loop): `server.topics`, `server.publish(topic, message)`, `conn.subscribe(topic)`
+(or `ws.subscribe(topic)` in the awaitable form), the slow-consumer policy, and
+`serve(pubsub=...)`, whose Redis connections run on this asyncio loop.
 """
 
 from __future__ import annotations
@@ -16,14 +21,19 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Collection, Coroutine, Generator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._asyncio_websocket import ConnectionClosed, WebSocket
 from ..connection import Connection
 from ..deflate import CompressionSetting, DeflateOptions, deflate_options
 from ..handler import check_handler
 from ..limits import Limits
+from ..topics import SlowConsumerSetting, TopicServer
+from ..topics import slow_consumers as slow_consumers_policy
 from ._connections import is_coroutine_handler, new_connection
+
+if TYPE_CHECKING:
+    from ..backplane import PubSubSetting
 
 __all__ = ["Server", "Serving", "serve"]
 
@@ -64,16 +74,21 @@ class _RunCoroutine:
             ws.begin_close(1000, "")
 
 
-class Server:
+class Server(TopicServer):
     """A listening asyncio server and the connections it accepted.
 
-    `close()` stops accepting, sends 1001 to every open WebSocket and drops connections
-    that are still in HTTP; `wait_closed()` waits until every connection (and, in the
-    awaitable form, every handler coroutine) has finished. `async with` does both on exit.
+    `close()` stops accepting, sends 1001 to every open WebSocket, drops connections
+    that are still in HTTP and closes the backplane; `wait_closed()` waits until every
+    connection (and, in the awaitable form, every handler coroutine) has finished.
+    `async with` does both on exit. Topics: `topics`, `publish`, `pubsub`,
+    `slow_consumers` (fastws.topics.TopicServer).
     """
 
+    loop: asyncio.AbstractEventLoop
+
     def __init__(self, handler: Any, limits: Limits, compression: DeflateOptions | None,
-                 origins: Collection[str | None] | None, max_queue: int | None) -> None:
+                 origins: Collection[str | None] | None, max_queue: int | None,
+                 slow_consumers: SlowConsumerSetting = "close") -> None:
         self.loop = asyncio.get_running_loop()
         self.limits = limits
         self.compression = compression     # read by Connection.upgrade()
@@ -87,6 +102,10 @@ class Server:
         self.handler: Any = (_RunCoroutine(self, handler, max_queue)
                              if is_coroutine_handler(handler) else handler)
         check_handler(self.handler)
+        # The backplane's events (on_backplane_lost, ...) go to the application's object:
+        # in the awaitable form, an object whose `async def __call__(ws)` is the handler.
+        self._application = handler
+        self._init_topics(compression, slow_consumers)
 
     async def _listen(self, host: str | None, port: int, ssl: ssl_module.SSLContext | None,
                       backlog: int, reuse_port: bool, sock: socket.socket | None) -> None:
@@ -128,8 +147,19 @@ class Server:
 
     def _connection_closed(self, conn: Connection) -> None:
         self.all_connections.discard(conn)
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.topics.forget(conn)
         self._check_idle()
+
+    def _backplane_listener(self) -> Any:
+        return self._application
+
+    def _dropped_listener(self, conn: Connection) -> tuple[Any, Any]:
+        # The awaitable form: the application's object hears it, about the WebSocket.
+        if isinstance(conn.handler, WebSocket):
+            return self._application, conn.handler
+        return conn.handler, conn
 
     def _check_idle(self) -> None:
         idle = self._idle
@@ -160,6 +190,8 @@ class Server:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        if self.pubsub is not None:
+            self.pubsub.close()
         for conn in list(self.all_connections):
             if conn.is_open:
                 conn.close(1001, "server shutting down")
@@ -228,6 +260,7 @@ def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
           ssl: ssl_module.SSLContext | None = None, sock: socket.socket | None = None,
           backlog: int = 1024, reuse_port: bool = False, compression: CompressionSetting = True,
           origins: Collection[str | None] | None = None, max_queue: int | None = 16,
+          slow_consumers: SlowConsumerSetting = "close", pubsub: PubSubSetting | None = None,
           **limits: Any) -> Serving:
     """Serve HTTP/1.1 and WebSockets on the running asyncio loop (asyncio's or uvloop).
 
@@ -240,14 +273,31 @@ def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
     the awaitable form's receive queue, in messages (None: unbounded). `sock`: listen on
     this socket instead of host:port. Port 0 picks a free port (`server.port`).
 
+    Topics (fastws.topics) work as with fastws.serve(): `slow_consumers` ("close", the
+    default, "drop", or a SlowConsumers) decides what happens to a subscriber that does
+    not keep up; `pubsub` (a "redis://..." or "rediss://..." URL, or a
+    fastws.RedisPubSub) links the topics of every server through Redis, its connections
+    running on this loop. The backplane's events (`on_backplane_lost(server, reason)`,
+    `on_backplane_restored(server, seconds)`, `on_backplane_dropped(server, count)`) and
+    `on_messages_dropped(conn, count)` are methods of `handler`; in the awaitable form,
+    of an object with `async def __call__(self, ws)`, and on_messages_dropped is given
+    the WebSocket.
+
     Use `server = await serve(...)` or `async with serve(...) as server:`.
     """
     settings = Limits().updated(limits)
     options = deflate_options(compression, is_client=False)
+    slow_consumers_policy(slow_consumers)           # checked now, as the other settings
+    backplane = None
+    if pubsub is not None:
+        from ..backplane import pubsub_settings
+        backplane = pubsub_settings(pubsub)
 
     async def create() -> Server:
-        server = Server(handler, settings, options, origins, max_queue)
+        server = Server(handler, settings, options, origins, max_queue, slow_consumers)
         await server._listen(host, port, ssl, backlog, reuse_port, sock)
+        if backplane is not None:
+            backplane.start(server)
         return server
 
     return Serving(create)
