@@ -233,13 +233,12 @@ def broadcast(connections: Iterable[Connection] | Iterable[WebSocket],
     # as server.connections, which must not change under the loop.
     items: list[Any] | tuple[Any, ...] = (
         connections if isinstance(connections, (list, tuple)) else list(connections))
-    first: Any = next(iter(items), None)
-    if first is None:
+    if not items:
         return 0
-    if not isinstance(first, ConnectionBase):
+    if not all(isinstance(item, ConnectionBase) for item in items):
         # fastws.asyncio's WebSocket objects (the awaitable form): their connections.
         items = [_connection_of(item) for item in items]
-        first = items[0]
+    first: Any = items[0]
     policy = _policy_for(first.loop, slow_consumers)
     slow: list[Connection] = []
     frame = encode_frame(opcode, data)

@@ -212,8 +212,16 @@ def test_broadcast_to_every_open_websocket(aio, form):
                         if ws.connection.socket.getsockname() == conn.peername)
             assert [await peer.recv() for _ in range(3)] == ["direct", "broadcast",
                                                              "direct again"]
+            if form == "awaitable":
+                # A list that mixes connections and WebSockets: each reached once.
+                mixed = [conn] + [ws for ws in websockets if ws.connection is not conn]
+                assert fastws.broadcast(mixed, "mixed") == 5
+                for ws in clients:
+                    assert await ws.recv() == "mixed"
             with pytest.raises(TypeError, match="broadcast"):
                 fastws.broadcast([object()], "x")
+            with pytest.raises(TypeError, match="broadcast"):
+                fastws.broadcast([conn, object()], "x")
             for ws in clients:
                 await ws.close()
 
