@@ -10,6 +10,7 @@ import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +43,16 @@ class BuildPyWithHeaders(build_py):
                 shutil.copy(os.path.join(INCLUDE, "fastws", header), target)
 
 
+class ParallelBuildExt(build_ext):
+    """Compile the extensions side by side, one per core (unless `-j N` says otherwise):
+    a build from clean is the longest step of an install, of CI and of the wheel tests."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
+
 setup(
     ext_modules=cythonize(
         [extension(name) for name in EXTENSIONS],
@@ -53,6 +64,7 @@ setup(
             "embedsignature": True,
         },
         include_path=["fastws"],
+        nthreads=os.cpu_count() or 1,
     ),
-    cmdclass={"build_py": BuildPyWithHeaders},
+    cmdclass={"build_py": BuildPyWithHeaders, "build_ext": ParallelBuildExt},
 )
