@@ -15,6 +15,7 @@ cdef class AsyncioTransport(Sink):
     cdef readonly bint tls
     cdef object listener
     cdef object _transport            # the asyncio transport, once connected
+    cdef object _pause_check          # see connection_made (CPython gh-127655)
     cdef public Protocol protocol     # set at the upgrade: reads are parsed in C
     cdef public double close_timeout
     cdef bint _started                # the connection asked to start (start())

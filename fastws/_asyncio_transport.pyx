@@ -34,6 +34,11 @@ the server to close, bounded by `close_timeout`; `close()` drops the connection 
 
 import threading
 
+try:
+    from asyncio.selector_events import _SelectorSocketTransport
+except ImportError:                  # not in every Python: then nothing to work around
+    _SelectorSocketTransport = None
+
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -156,6 +161,14 @@ cdef class AsyncioTransport(Sink):
             transport.abort()
             return
         self._transport = transport
+        # The stdlib's selector transport did not pause its protocol after writelines()
+        # (CPython gh-127655: 3.12 and 3.13 before 3.12.9 / 3.13.2), so a peer that does not
+        # read went unnoticed and the buffer grew without bound: we ask it to check after
+        # each writelines() (it does nothing when the buffer is below its high-water mark
+        # or the protocol is paused already).
+        self._pause_check = (transport._maybe_pause_protocol
+                             if _SelectorSocketTransport is not None
+                             and isinstance(transport, _SelectorSocketTransport) else None)
         self.peername = transport.get_extra_info("peername")
         self.tls = transport.get_extra_info("sslcontext") is not None
         transport.set_write_buffer_limits(high=self._high_water, low=self._low_water)
@@ -472,6 +485,8 @@ cdef class AsyncioTransport(Sink):
                 transport.write(pending[0])
             else:
                 transport.writelines(pending)
+                if self._pause_check is not None:
+                    self._pause_check()
             if self._writing_paused and self._cap >= 0:
                 self._check_cap()
         return 0

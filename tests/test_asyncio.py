@@ -686,9 +686,10 @@ def test_callback_flow_control_and_write_overflow(aio, transport):
         async with fa.serve(polite, "127.0.0.1", 0, ssl=transport.server_ssl,
                             compression=False) as server:
             reader, writer = await raw_open(server.port, transport)
-            await asyncio.sleep(0.3)                       # the client reads nothing yet
-            # Paused (after the kernel's socket buffers filled), with 13 MiB not all queued.
-            assert polite.events[-1] == "pause" and polite.sent < 200
+            # The client reads nothing yet: paused once the kernel's socket buffers filled,
+            # with the 13 MiB not all queued.
+            await until(lambda: polite.events[-1:] == ["pause"])
+            assert polite.sent < 200
             conn = next(iter(server.connections))
             assert conn.write_buffer_size <= 256 * 1024 + 2 * len(chunk)
             frames = await raw_frames_until(reader, 200)
