@@ -3,8 +3,8 @@
 ``Loop`` waits on a ``selectors.DefaultSelector`` (epoll on Linux) and calls plain callbacks when a
 file descriptor becomes readable or writable, when a timer falls due (``call_later``/``call_at``,
 kept on a heap with lazy deletion), or when a callback was queued with ``call_soon`` or, from
-another thread, ``call_soon_threadsafe`` (which wakes a blocked ``select`` through an eventfd or a
-socket pair). It runs every server and client connection, their timeouts and TLS handshakes, so the
+another thread, ``call_soon_threadsafe`` (which wakes a blocked ``select``: fastws.wakeup).
+It runs every server and client connection, their timeouts and TLS handshakes, so the
 per-event dispatch is kept to one attribute read and a direct call. A callback that raises is
 logged on the ``fastws`` logger and the loop carries on; ``KeyboardInterrupt`` and ``SystemExit``
 propagate. ``default_loop()`` gives each thread its own loop for ``serve()`` and ``connect()``.
@@ -16,9 +16,7 @@ import collections
 import heapq
 import itertools
 import logging
-import os
 import selectors
-import socket
 import threading
 import time as _time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from types import TracebackType
 from typing import ClassVar, Protocol
 
 from ._poll import EpollDispatcher, FdCallbacks
+from .wakeup import Waker
 
 __all__ = ["HasFileno", "Loop", "Timer", "default_loop"]
 
@@ -46,8 +45,6 @@ _MIN_SPIN = 2e-6
 # O(1) per cancel and the heap at most about twice the number of live timers.
 _MIN_CANCELLED_TO_COMPACT = 100
 
-# A module attribute rather than a constant inside __init__ so tests can force the socket-pair path.
-_HAVE_EVENTFD = hasattr(os, "eventfd")
 
 
 class HasFileno(Protocol):
@@ -176,10 +173,8 @@ class Loop:
         "_busy_poll",
         "_spin",
         "_clock_resolution",
-        "_wakeup_write",
+        "_waker",
         "_wakeup_pending",
-        "_eventfd",
-        "_wakeup_socks",
         "__weakref__",
     )
 
@@ -211,9 +206,7 @@ class Loop:
         self._spin = self._busy_poll
         self._clock_resolution = _time.get_clock_info("monotonic").resolution
         self._wakeup_pending = False
-        self._eventfd = -1
-        self._wakeup_socks: tuple[socket.socket, socket.socket] | None = None
-        self._wakeup_write: Callable[[], None]
+        self._waker: Waker | None = None
         try:
             self._open_wakeup()
         except BaseException:
@@ -230,50 +223,17 @@ class Loop:
 
     def _open_wakeup(self) -> None:
         assert self._selector is not None
+        waker = self._waker = Waker()
         callbacks = FdCallbacks()
-        if _HAVE_EVENTFD:
-            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._eventfd = fd
-            self._wakeup_write = self._eventfd_write
-            callbacks.reader = self._eventfd_drain
-            self._selector.register(fd, _EVENT_READ, callbacks)
-        else:
-            rsock, wsock = socket.socketpair()
-            rsock.setblocking(False)
-            wsock.setblocking(False)
-            self._wakeup_socks = (rsock, wsock)
-            self._wakeup_write = self._socket_write
-            callbacks.reader = self._socket_drain
-            self._selector.register(rsock, _EVENT_READ, callbacks)
+        callbacks.reader = self._drain_wakeup
+        self._selector.register(waker.fileobj, _EVENT_READ, callbacks)
 
-    def _eventfd_write(self) -> None:
-        os.eventfd_write(self._eventfd, 1)
-
-    def _eventfd_drain(self) -> None:
-        try:
-            os.eventfd_read(self._eventfd)
-        except BlockingIOError:
-            pass
+    def _drain_wakeup(self) -> None:
+        assert self._waker is not None
+        self._waker.drain()
         # Cleared only after reading: a writer that saw the flag set just before this point skipped
         # its write, but its callback is already queued and the ready queue is checked after fd
         # dispatch. Clearing before the read could swallow a fresh write and leave the flag stuck.
-        self._wakeup_pending = False
-
-    def _socket_write(self) -> None:
-        assert self._wakeup_socks is not None
-        try:
-            self._wakeup_socks[1].send(b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full, so a wakeup is certainly pending
-
-    def _socket_drain(self) -> None:
-        assert self._wakeup_socks is not None
-        rsock = self._wakeup_socks[0]
-        try:
-            while rsock.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
         self._wakeup_pending = False
 
     # -- file descriptors ----------------------------------------------------------------------
@@ -411,12 +371,14 @@ class Loop:
         """Like ``call_soon``, from any thread; wakes the loop if it is waiting in ``select``."""
         self._check_open()
         # deque.append is atomic, and the callback must be queued before the flag is read (see
-        # _eventfd_drain) so that a skipped write never loses it.
+        # _drain_wakeup) so that a skipped write never loses it.
         self._ready.append(Timer(0.0, callback, args, None))
         if not self._wakeup_pending:
             self._wakeup_pending = True
+            waker = self._waker
             try:
-                self._wakeup_write()
+                if waker is not None:
+                    waker.wake()
             except OSError:
                 # Only when close() raced with us from the loop thread; nothing left to wake.
                 pass
@@ -600,13 +562,9 @@ class Loop:
             raise RuntimeError("cannot close a running fastws Loop; stop() it first")
         self._selector = None
         selector.close()
-        if self._eventfd >= 0:
-            os.close(self._eventfd)
-            self._eventfd = -1
-        if self._wakeup_socks is not None:
-            for sock in self._wakeup_socks:
-                sock.close()
-            self._wakeup_socks = None
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
         for _, _, timer in self._timers:
             timer._loop = None
         self._timers.clear()

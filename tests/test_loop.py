@@ -17,16 +17,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastws.loop as loop_module
+import fastws.wakeup as wakeup_module
 from fastws.loop import Loop, default_loop
 
 
 @pytest.fixture(params=["eventfd", "socketpair"])
 def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loop]:
     if request.param == "eventfd":
-        if not loop_module._HAVE_EVENTFD:
+        if not wakeup_module._HAVE_EVENTFD:
             pytest.skip("os.eventfd is not available")
     else:
-        monkeypatch.setattr(loop_module, "_HAVE_EVENTFD", False)
+        monkeypatch.setattr(wakeup_module, "_HAVE_EVENTFD", False)
     with Loop() as lp:
         yield lp
 

@@ -37,6 +37,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
+from conftest import BUILT_WHEELS
 from websockets.sync.client import connect as ws_connect
 
 import fastws
@@ -133,8 +134,8 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
 
 
 @pytest.fixture(scope="module")
-def manylinux_wheel(dist: tuple[Path, Path],
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def manylinux_wheel(dist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+                    pytestconfig: pytest.Config) -> Iterator[Path]:
     """The wheel after `auditwheel repair`: what a release uploads."""
     _, wheel = dist
     out = tmp_path_factory.mktemp("wheelhouse")
@@ -143,6 +144,7 @@ def manylinux_wheel(dist: tuple[Path, Path],
                  env=clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"))
     repaired = list(out.glob("fastws-*.whl"))
     assert len(repaired) == 1, (list(out.iterdir()), result.stderr)
+    pytestconfig.stash[BUILT_WHEELS].append(repaired[0].name)     # named in the summary
     yield repaired[0]
     shutil.rmtree(out, ignore_errors=True)
 
