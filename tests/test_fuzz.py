@@ -5,6 +5,7 @@ such inputs become regression tests in test_codec.py / test_http.py.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -45,4 +46,6 @@ def test_fuzz_target_short_run(tmp_path, target):
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    assert "Done 4000 runs" in run.stderr
+    # libFuzzer may count a few runs more than asked (re-running a unit it minimised).
+    done = re.search(r"Done (\d+) runs", run.stderr)
+    assert done is not None and int(done.group(1)) >= 4000, run.stderr[-2000:]
