@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from .deflate import CompressionSetting
+from .handshake import parse_ws_url
 from .http import HeadersLike
 from .limits import Limits
 from .loop import DEFAULT_BUSY_POLL
@@ -54,6 +55,7 @@ class Connect:
     def __init__(self, url: str, options: OpenOptions, *, max_queue: int, busy_poll: float,
                  backoff: Backoff, on_reconnecting: Callable[[float, BaseException], object]
                  | None) -> None:
+        parse_ws_url(url)           # a malformed URL is a ValueError now, not at the `with`
         self.url = url
         self.busy_poll = busy_poll
         self.options = options
@@ -61,6 +63,15 @@ class Connect:
         self.backoff = backoff
         self.on_reconnecting = on_reconnecting
         self._connection: ClientConnection | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # `ws = connect(url); ws.send(...)`, as websockets.sync reads: say what to write.
+        if not name.startswith("_") and hasattr(ClientConnection, name):
+            raise AttributeError(
+                f"fastws.sync.connect() returns a Connect, not a connection (no {name!r}): "
+                f"write `with fastws.sync.connect(url) as ws:` or "
+                f"`ws = fastws.sync.connect(url).open()`")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def open(self) -> ClientConnection:
         """Open the connection now (raises as the module doc says)."""

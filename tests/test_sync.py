@@ -50,7 +50,15 @@ def test_refused_connect(transport):
                                  "ws://user:pw@h/", "ws://h/a b", "127.0.0.1:80"])
 def test_bad_url(url):
     with pytest.raises(ValueError):
-        fastws.sync.connect(url, proxy=None).open()
+        fastws.sync.connect(url, proxy=None)        # at once, before any `with` or open()
+
+
+def test_using_connect_as_a_connection_says_how_to_open_it():
+    pending = fastws.sync.connect("ws://127.0.0.1:9/", proxy=None)     # nothing opened yet
+    with pytest.raises(AttributeError, match=r"with fastws\.sync\.connect\(url\) as ws"):
+        pending.send("hello")
+    with pytest.raises(AttributeError, match="no attribute 'sned'"):
+        pending.sned("hello")
 
 
 def test_unresolvable_host():
