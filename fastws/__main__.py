@@ -124,10 +124,7 @@ def _cert_problem(certfile: str, keyfile: str | None, exc: OSError) -> str:
 def run_echo(args: argparse.Namespace) -> int:
     limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size,
               "handshake_timeout": args.handshake_timeout, "idle_timeout": args.idle_timeout,
-              "close_timeout": args.close_timeout,
-              # An echo sends back every message it accepts: its write cap must hold one
-              # whole message with room to spare, or a large one fails with 1008.
-              "max_write_buffer": max(_LIMITS.max_write_buffer or 0, 2 * args.max_message_size)}
+              "close_timeout": args.close_timeout}
     context = _server_ssl(args.certfile, args.keyfile) if args.certfile else None
     loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
     try:

@@ -37,6 +37,7 @@ cdef class AsyncioTransport(Sink):
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
     cdef long long _cap               # -1: no cap
+    cdef Py_ssize_t _largest          # the largest write seen since the buffer was empty
     cdef bint _writing_paused
     cdef bint _overflowed
     cdef unsigned long long _handed   # bytes given to the asyncio transport
@@ -55,6 +56,6 @@ cdef class AsyncioTransport(Sink):
     cdef int _schedule_round(self) except -1
     cdef int _update_reading(self) except -1
     cdef int _write_pending(self) except -1
-    cdef int _check_cap(self) except -1
+    cdef int _check_cap(self, Py_ssize_t written) except -1
     cdef int _shut_output(self) except -1
     cdef int _lost(self, exc) except -1

@@ -23,8 +23,9 @@ can join the batch (`hold_writes`), and a broadcast holds the transport until th
 loop's iteration (Sink.hold/release, from fastws._fanout: one `writelines()` for every frame
 published to it in that iteration); every other write goes to the asyncio transport at once.
 Back-pressure comes from the asyncio transport's own write buffer (its high and low water
-marks are the connection's limits); past `max_write_buffer` unsent bytes the listener is
-told the peer does not read.
+marks are the connection's limits); a write that finds more than `max_write_buffer` bytes
+unsent besides the largest write waiting tells the listener the peer does not read (one
+message, however large, never does on its own).
 
 TLS is asyncio's: the handshake is done before `connection_made`, and TLS errors never
 reach the connection. Closing follows the Loop transport: `end()` sends what is written,
@@ -408,7 +409,7 @@ cdef class AsyncioTransport(Sink):
         self._handed += size
         self._transport.write(data)
         if self._writing_paused and self._cap >= 0:
-            self._check_cap()
+            self._check_cap(size)
         return 0
 
     cdef int write_frame(self, bytes header, object payload, bint masked,
@@ -477,9 +478,10 @@ cdef class AsyncioTransport(Sink):
     cdef int _write_pending(self) except -1:
         cdef list pending = self._pending
         transport = self._transport
+        cdef Py_ssize_t size = self._pending_size
         if pending and transport is not None and not self.closed:
             self._pending = []
-            self._handed += self._pending_size
+            self._handed += size
             self._pending_size = 0
             if len(pending) == 1:
                 transport.write(pending[0])
@@ -488,12 +490,18 @@ cdef class AsyncioTransport(Sink):
                 if self._pause_check is not None:
                     self._pause_check()
             if self._writing_paused and self._cap >= 0:
-                self._check_cap()
+                self._check_cap(size)
         return 0
 
-    cdef int _check_cap(self) except -1:
-        if (not self._overflowed and not self.closed and self._transport is not None
-                and self._transport.get_write_buffer_size() > self._cap):
+    cdef int _check_cap(self, Py_ssize_t written) except -1:
+        # More than the cap waiting besides the largest write (and these `written` bytes)
+        # means the peer is not reading; one message, however large, never does on its own.
+        if self._overflowed or self.closed or self._transport is None:
+            return 0
+        cdef Py_ssize_t older = self._transport.get_write_buffer_size() - written
+        if older <= 0 or written > self._largest:
+            self._largest = written
+        if older - self._largest > self._cap:
             # asyncio keeps what it was given: nothing can be dropped from its buffer, so
             # the connection is failed (its close frame is queued behind the rest) and
             # dropped after close_timeout at the latest.

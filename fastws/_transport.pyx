@@ -13,8 +13,10 @@ sends its first reply at once, so that the peer can go on while we work). Outsid
 every write is sent at once, unless a broadcast holds the transport (Sink.hold, from
 fastws._fanout): then writes wait for its release at the end of the loop iteration. What the kernel does not take waits in the queue for the
 socket to become writable; past the high-water mark the listener is told to pause
-(`pause_writing`), and past `max_write_buffer` the frames the peer has not started to
-receive are dropped and the listener told (`write_overflow`): the peer is not reading.
+(`pause_writing`). A write that finds more than `max_write_buffer` bytes waiting besides
+the largest message queued (after the kernel took what it would) means the peer is not
+reading: the frames it has not started to receive are dropped and the listener told
+(`write_overflow`). One message, however large, never trips it on its own.
 
 A client's large frames are masked late, as they are sent, a chunk at a time into a
 buffer the thread reuses: masking a megabyte into fresh memory for every message costs
@@ -139,6 +141,7 @@ cdef class Transport(Sink):
     # writing
     cdef object _queue                # deque of bytes / memoryview / _Masked
     cdef Py_ssize_t _size
+    cdef Py_ssize_t _largest          # the largest write since the queue was last empty
     cdef long long _cap
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
@@ -393,13 +396,23 @@ cdef class Transport(Sink):
         self.write(data)
 
     cdef int _queued(self, Py_ssize_t size) except -1:
+        cdef Py_ssize_t older = self._size
         self._size += size
-        cdef bint over_cap = self._size > self._cap
-        if self._corked:
-            if self._eager or over_cap:
+        if older == 0 or size > self._largest:
+            self._largest = size
+        if older - self._largest > self._cap and not self._overflowed:
+            # More than the cap waits besides the largest message: send what the kernel
+            # takes now, and if it is still so, the peer is not reading. One message, however
+            # large, never passes the cap on its own.
+            self._send()
+            if (self._size - size - self._largest > self._cap
+                    and not (self._overflowed or self.closed)):
+                self._overflow()
+        elif self._corked:
+            if self._eager:
                 self._eager = False
                 self._send()
-        elif over_cap or not (self._writer_registered or self._held):
+        elif not (self._writer_registered or self._held):
             self._send()
         if self._size > self._high_water and not self._writing_paused and not self.closed:
             self._writing_paused = True
@@ -604,9 +617,6 @@ cdef class Transport(Sink):
             return 0
         loop = self.loop
         if self._queue:
-            if self._size > self._cap and not self._overflowed:
-                self._overflow()
-                return 0
             if not self._writer_registered:
                 self._writer_registered = True
                 loop.add_writer(self.sock, self._on_writable)

@@ -29,10 +29,12 @@ class Limits:
     idle_timeout: float | None = 60.0
     write_high_water: int = 256 * 1024
     write_low_water: int = 64 * 1024
-    # Unsent data beyond this fails the connection with 1008 (the peer is not reading).
-    # 8 MiB: two messages of the largest default size (max_message_size) can wait, while a
-    # server with 10,000 connections cannot be made to hold 64 MiB for each (640 GiB) by
-    # peers that stop reading. Broadcasts have their own, smaller bound (fastws.topics).
+    # A write that finds more than this unsent besides the largest message waiting fails
+    # the connection with 1008 (the peer is not reading): one message, however large, never
+    # trips it on its own, and a connection holds at most this plus two messages.
+    # 8 MiB: a server with 10,000 connections cannot be made to hold 64 MiB for each
+    # (640 GiB) by peers that stop reading. Broadcasts have their own, smaller bound
+    # (fastws.topics).
     max_write_buffer: int | None = 8 * 1024 * 1024
     # HTTP requests: a longer request line is answered 414, a larger head (or more header
     # lines) 431, a larger body 413. The head and body limits also bound the response a

@@ -707,6 +707,35 @@ def test_callback_flow_control_and_write_overflow(aio, transport):
     aio(main())
 
 
+def test_one_message_larger_than_the_write_cap_is_sent_whole(aio, transport):
+    """max_write_buffer judges a backlog, not one message: 24 MiB and a short message
+    behind it reach a reading peer whole under a 1 MiB cap."""
+    big = b"b" * (24 << 20)
+
+    class BigSender:
+        def __init__(self):
+            self.closed = []
+
+        def on_upgraded(self, conn):
+            conn.send_binary(big)
+            conn.send_binary(b"after")
+
+        def on_closed(self, conn, code, reason):
+            self.closed.append(code)
+
+    async def main():
+        sender = BigSender()
+        async with fa.serve(sender, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            compression=False, max_write_buffer=1 << 20) as server:
+            reader, writer = await raw_open(server.port, transport)
+            frames = await raw_frames_until(reader, 2)
+            assert [len(f.data) for f in frames] == [len(big), 5]
+            assert frames[0].data == big and sender.closed == []
+            writer.close()
+
+    aio(main())
+
+
 async def raw_frames_until(reader, count):
     """Read frames from a raw stream until `count` data frames arrived (bounded)."""
     frames = []
