@@ -70,16 +70,14 @@ def tests(session: nox.Session) -> None:
     Arguments after `--` go to pytest and, in between, replace QUICK.
     """
     session.install("-e", ".[test]")
-    # Two pytest-xdist workers: the suite's tests wait on sockets and subprocesses more than
-    # they compute, so both cores finish it in about 5 minutes instead of 8 (CI's budget).
-    parallel = ["-n", "2"]
+    # pytest runs on two pytest-xdist workers (pyproject.toml's addopts), as plain `pytest` does.
     if session.python in FULL:
         session.log(f"CPython {session.python}: the whole suite (oldest or newest supported)")
-        session.run("pytest", *parallel, *session.posargs)
+        session.run("pytest", *session.posargs)
     else:
         session.log(f"CPython {session.python}: a quick subset (between the oldest and the "
                     f"newest supported): {' '.join(Path(path).stem for path in QUICK)}")
-        session.run("pytest", *parallel, *(session.posargs or QUICK))
+        session.run("pytest", *(session.posargs or QUICK))
 
 
 @nox.session(python=SUPPORTED, default=False)

@@ -24,18 +24,14 @@ from fastws._codec import parse_close
 
 TIMEOUT = 10.0
 
-# The manylinux wheels tests/test_packaging.py built and tested, named at the end of the run
-# (CI's log then shows which wheel a release would upload).
-BUILT_WHEELS = pytest.StashKey[list[str]]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[BUILT_WHEELS] = []
-
-
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    for name in config.stash.get(BUILT_WHEELS, []):
-        terminalreporter.write_line(f"manylinux wheel of tests/test_packaging.py: {name}")
+    # The manylinux wheel tests/test_packaging.py built and tested, named at the end of the
+    # run (CI's log then shows which wheel a release would upload). A test's properties
+    # reach this process from pytest-xdist's workers too.
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", ()):
+            if name == "manylinux_wheel":
+                terminalreporter.write_line(f"manylinux wheel of tests/test_packaging.py: {value}")
 
 
 @pytest.fixture(scope="session")

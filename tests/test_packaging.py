@@ -37,7 +37,6 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
-from conftest import BUILT_WHEELS
 from websockets.sync.client import connect as ws_connect
 
 import fastws
@@ -134,8 +133,8 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
 
 
 @pytest.fixture(scope="module")
-def manylinux_wheel(dist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
-                    pytestconfig: pytest.Config) -> Iterator[Path]:
+def manylinux_wheel(dist: tuple[Path, Path],
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The wheel after `auditwheel repair`: what a release uploads."""
     _, wheel = dist
     out = tmp_path_factory.mktemp("wheelhouse")
@@ -144,12 +143,12 @@ def manylinux_wheel(dist: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
                  env=clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"))
     repaired = list(out.glob("fastws-*.whl"))
     assert len(repaired) == 1, (list(out.iterdir()), result.stderr)
-    pytestconfig.stash[BUILT_WHEELS].append(repaired[0].name)     # named in the summary
     yield repaired[0]
     shutil.rmtree(out, ignore_errors=True)
 
 
-def test_manylinux_tag(manylinux_wheel: Path) -> None:
+def test_manylinux_tag(manylinux_wheel: Path, record_property) -> None:
+    record_property("manylinux_wheel", manylinux_wheel.name)     # named in the summary
     # name-version-python-abi-platforms.whl; the platform tags are dot-separated.
     _, version, python, abi, platforms = manylinux_wheel.name.removesuffix(".whl").split("-")
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
