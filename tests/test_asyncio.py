@@ -465,9 +465,15 @@ def test_send_waits_for_a_peer_that_does_not_read(aio, transport):
                             compression=False) as server:
             reader, writer = await raw_open(server.port, transport)
             sock = writer.get_extra_info("socket")
-            await asyncio.sleep(0.5)               # the client reads nothing
-            stalled = state["sent"]
-            assert stalled < 400, "send() did not wait"
+            # The client reads nothing: the producer stops once the kernel's and the
+            # server's buffers are full (no progress in ten of until()'s turns).
+            seen = []
+
+            def settled():
+                seen.append(state["sent"])
+                return len(seen) > 10 and seen[-1] == seen[-11]
+            await until(settled)
+            assert state["sent"] < 400, "send() did not wait"
             # bounded: the high-water mark plus one message, plus the kernel's buffers
             assert state["buffer"] <= 256 * 1024 + len(chunk) + 16 * 1024
             assert sock is not None
@@ -494,7 +500,8 @@ def test_receive_queue_is_bounded_and_pauses_reading(aio, transport):
                     fa.connect(url(server, transport), ssl=transport.client_ssl) as ws):
             for i in range(300):
                 await ws.send(b"%d" % i + b"." * 4000)
-            await asyncio.sleep(0.2)
+            await until(lambda: any(conn._transport.reading_paused
+                                    for conn in server.connections))
             conns = list(server.connections)
             assert len(conns) == 1
             queue = conns[0].handler.queued
@@ -638,9 +645,15 @@ def test_a_coroutine_that_does_not_read_still_answers_pings_and_closes(aio, tran
                             compression=False) as server:
             reader, writer = await raw_open(server.port, transport)
             writer.write(masked(OpCode.TEXT, b"unread") + masked(OpCode.PING, b"p1"))
-            await asyncio.sleep(0.1)
+            frames = []                            # the first pong, before anything else
+            parser = fastws.FrameParser(frames.append, expect_mask=False)
+            async with asyncio.timeout(TIMEOUT):
+                while not frames:
+                    data = await reader.read(65536)
+                    assert data, "closed early"
+                    parser.feed(data)
             writer.write(masked(OpCode.PING, b"p2") + masked(OpCode.CLOSE, b"\x0f\xa0bye"))
-            frames = await raw_frames(reader)
+            frames += await raw_frames(reader)
             writer.close()
             assert [(f.opcode, bytes(f.data)) for f in frames] == [
                 (OpCode.PONG, b"p1"), (OpCode.PONG, b"p2"), (OpCode.CLOSE, b"\x0f\xa0")]
