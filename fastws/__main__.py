@@ -16,7 +16,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import fastws
@@ -121,18 +121,17 @@ def _cert_problem(certfile: str, keyfile: str | None, exc: OSError) -> str:
     return f"cannot load {files}: {exc}"
 
 
-def run_echo(args: argparse.Namespace) -> int:
-    limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size,
-              "handshake_timeout": args.handshake_timeout, "idle_timeout": args.idle_timeout,
-              "close_timeout": args.close_timeout}
+def _listen(args: argparse.Namespace, handler: object, loop: fastws.Loop,
+            **options: Any) -> fastws.Server:
+    """serve() for a server command; a host that does not resolve or a port that cannot
+    be bound is a one-line CommandError. With --workers N it forks: the caller goes on in
+    every worker process."""
     context = _server_ssl(args.certfile, args.keyfile) if args.certfile else None
-    loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
     try:
-        # With --workers N, serve() forks: everything below runs in every worker process.
-        server = fastws.serve(EchoHandler(), args.host, args.port, ssl=context, loop=loop,
-                              workers=max(1, args.workers), compression=not args.no_compression,
-                              origins=args.origin, max_connections=args.max_connections,
-                              **limits)
+        return fastws.serve(handler, args.host, args.port, ssl=context, loop=loop,
+                            workers=max(1, args.workers), origins=args.origin,
+                            max_message_size=args.max_message_size,
+                            max_frame_size=args.max_message_size, **options)
     except socket.gaierror as exc:
         loop.close()
         raise CommandError(f"cannot resolve {args.host}: {_strerror(exc)}") from None
@@ -140,14 +139,12 @@ def run_echo(args: argparse.Namespace) -> int:
         loop.close()
         raise CommandError(f"cannot listen on {_address(args.host, args.port)}: "
                            f"{_strerror(exc)}") from None
-    scheme = "wss" if args.certfile else "ws"
-    # One write per line: with --workers the processes share stdout.
-    sys.stdout.write(f"fastws echo server on {scheme}://{server.host}:{server.port}/ "
-                     f"(pid {os.getpid()})\n")
-    sys.stdout.flush()
 
+
+def _serve_until_signalled(server: fastws.Server, loop: fastws.Loop, grace: float) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully: every WebSocket gets 1001
+    and close_timeout to answer; the parent of --workers waits `grace` seconds for them."""
     def shut_down(signum: int, _frame: object) -> None:
-        # Graceful: every WebSocket gets 1001 and close_timeout to answer, then the loop stops.
         loop.call_soon_threadsafe(server.shutdown)
 
     signal.signal(signal.SIGTERM, shut_down)
@@ -159,19 +156,31 @@ def run_echo(args: argparse.Namespace) -> int:
             server.close()               # the loop ended some other way: close anyway
         loop.close()
         # In the parent of --workers: server.close() told the workers to stop; wait for them.
-        if not server.join_workers(args.close_timeout + 5):
+        if not server.join_workers(grace):
             for pid in server.worker_pids:
                 os.kill(pid, signal.SIGKILL)
             server.join_workers()
     return 0
 
 
+def run_echo(args: argparse.Namespace) -> int:
+    loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
+    server = _listen(args, EchoHandler(), loop, compression=not args.no_compression,
+                     max_connections=args.max_connections,
+                     handshake_timeout=args.handshake_timeout, idle_timeout=args.idle_timeout,
+                     close_timeout=args.close_timeout)
+    scheme = "wss" if args.certfile else "ws"
+    # One write per line: with --workers the processes share stdout.
+    sys.stdout.write(f"fastws echo server on {scheme}://{server.host}:{server.port}/ "
+                     f"(pid {os.getpid()})\n")
+    sys.stdout.flush()
+    return _serve_until_signalled(server, loop, args.close_timeout + 5)
+
+
 def run_chat(args: argparse.Namespace) -> int:
     """`python -m fastws chat`: rooms are topics, linked across processes by --redis."""
     from .chat import ChatRelay
     from .topics import SlowConsumers
-    limits = {"max_message_size": args.max_message_size, "max_frame_size": args.max_message_size}
-    context = _server_ssl(args.certfile, args.keyfile) if args.certfile else None
     pubsub = None
     if args.redis:
         try:
@@ -183,40 +192,13 @@ def run_chat(args: argparse.Namespace) -> int:
     # Shared compression: every client's messages are compressed once per room message.
     compression = None if args.no_compression else {"server_no_context_takeover": True}
     loop = fastws.Loop(busy_poll=args.busy_poll * 1e-6)
-    try:
-        server = fastws.serve(ChatRelay(), args.host, args.port, ssl=context, loop=loop,
-                              workers=max(1, args.workers), compression=compression,
-                              origins=args.origin, pubsub=pubsub,
-                              slow_consumers=SlowConsumers(args.slow_consumers,
-                                                           args.max_backlog), **limits)
-    except socket.gaierror as exc:
-        loop.close()
-        raise CommandError(f"cannot resolve {args.host}: {_strerror(exc)}") from None
-    except OSError as exc:
-        loop.close()
-        raise CommandError(f"cannot listen on {_address(args.host, args.port)}: "
-                           f"{_strerror(exc)}") from None
+    server = _listen(args, ChatRelay(), loop, compression=compression, pubsub=pubsub,
+                     slow_consumers=SlowConsumers(args.slow_consumers, args.max_backlog))
     scheme = "wss" if args.certfile else "ws"
     sys.stdout.write(f"fastws chat server on {scheme}://{server.host}:{server.port}/ "
                      f"(pid {os.getpid()}, worker {server.worker})\n")
     sys.stdout.flush()
-
-    def shut_down(signum: int, _frame: object) -> None:
-        loop.call_soon_threadsafe(server.shutdown)
-
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
-    try:
-        loop.run()
-    finally:
-        if server.is_serving:
-            server.close()
-        loop.close()
-        if not server.join_workers(6):
-            for pid in server.worker_pids:
-                os.kill(pid, signal.SIGKILL)
-            server.join_workers()
-    return 0
+    return _serve_until_signalled(server, loop, 6)
 
 
 class ClientHandler:
