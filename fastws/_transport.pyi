@@ -23,6 +23,7 @@ class Transport(Sink):
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         close_timeout: float = 5.0,
+        peername: Any = None,
     ) -> None: ...
     @property
     def loop(self) -> Loop: ...

@@ -161,7 +161,7 @@ cdef class Transport(Sink):
     cdef object _close_timer
 
     def __init__(self, loop, sock, listener, *, bint is_client, ssl_context=None,
-                 server_hostname=None, close_timeout=5.0):
+                 server_hostname=None, close_timeout=5.0, peername=None):
         sock.setblocking(False)
         self.loop = loop
         self.sock = sock
@@ -171,10 +171,7 @@ cdef class Transport(Sink):
         self._ssl_context = ssl_context
         self._server_hostname = server_hostname
         self._fd = sock.fileno()
-        try:
-            self.peername = sock.getpeername()
-        except OSError:
-            self.peername = None
+        self.peername = peername          # accept() told the server; start() asks otherwise
         self._queue = collections.deque()
         self.close_timeout = close_timeout
         self.set_write_limits(256 * 1024, 64 * 1024, None)
@@ -199,10 +196,11 @@ cdef class Transport(Sink):
         """Begin: the TLS handshake when there is one, then `listener.connection_made()`."""
         if self.closed:
             return
-        try:
-            self.peername = self.sock.getpeername()
-        except OSError:
-            pass
+        if self.peername is None:
+            try:
+                self.peername = self.sock.getpeername()
+            except OSError:
+                pass
         if not self.tls:
             self._connection_made()
             return

@@ -65,7 +65,8 @@ class Connection(ConnectionBase, Subscriber):
     def __init__(self, loop: Any, sock: socket.socket | None, handler: Any, *, is_client: bool,
                  limits: Limits, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, server: Any = None,
-                 transport_factory: Callable[[Connection], Any] | None = None) -> None:
+                 transport_factory: Callable[[Connection], Any] | None = None,
+                 peername: Any = None) -> None:
         # `loop` is a fastws Loop, or an asyncio loop when fastws.asyncio made the connection:
         # the connection itself only uses time() and call_later() (fastws.eventloop).
         self.loop: Any = loop
@@ -90,7 +91,8 @@ class Connection(ConnectionBase, Subscriber):
             assert sock is not None
             self._transport: Any = Transport(
                 loop, sock, self, is_client=is_client, ssl_context=ssl_context,
-                server_hostname=server_hostname, close_timeout=limits.close_timeout)
+                server_hostname=server_hostname, close_timeout=limits.close_timeout,
+                peername=peername)
         else:
             self._transport = transport_factory(self)
             self._transport.close_timeout = limits.close_timeout

@@ -159,8 +159,9 @@ def accept(
         if subprotocol in offered:
             response.headers.add("Sec-WebSocket-Protocol", subprotocol)
             break
-    for name, value in Headers(headers):
-        response.headers.add(name, value)
+    if headers:
+        for name, value in Headers(headers):
+            response.headers.add(name, value)
     return response
 
 

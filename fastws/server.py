@@ -87,7 +87,7 @@ class Server(TopicServer):
             return
         for _ in range(_ACCEPTS_PER_EVENT):
             try:
-                sock, _ = listener.accept()
+                sock, peername = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -105,7 +105,8 @@ class Server(TopicServer):
             except OSError:
                 pass
             conn = Connection(self.loop, sock, self.handler, is_client=False,
-                              limits=self.limits, ssl_context=self.ssl_context, server=self)
+                              limits=self.limits, ssl_context=self.ssl_context, server=self,
+                              peername=peername)
             self.all_connections.add(conn)
             conn.start()
             if (self.max_connections is not None
