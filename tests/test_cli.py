@@ -59,8 +59,10 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], last_line: str)
 
 
 def read_line(stream: object, timeout: float = TIMEOUT) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout)
-    assert ready, f"no output within {timeout} s"
+    # poll(), not select(): a test process may hold descriptors past select()'s 1024.
+    poller = select.poll()
+    poller.register(stream, select.POLLIN)
+    assert poller.poll(timeout * 1000), f"no output within {timeout} s"
     line: str = stream.readline()  # type: ignore[attr-defined]
     return line
 

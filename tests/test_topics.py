@@ -67,11 +67,26 @@ class Client:
         return [m.string_data for m in self.messages if m.opcode == OpCode.TEXT]
 
 
+_connected: list[fastws.Connection] = []      # what connect_many made in the current test
+
+
+@pytest.fixture(autouse=True)
+def _drop_client_connections(loop):
+    """Close the test's client sockets when it ends (up to a thousand of them; before its
+    loop closes), so that the next test in this process does not start with their
+    descriptors still open."""
+    yield
+    for conn in _connected:
+        conn.abort()
+    _connected.clear()
+
+
 def connect_many(loop, server, transport, paths, **kwargs):
     clients = [Client() for _ in paths]
     conns = [fastws.connect(f"{transport.scheme}://127.0.0.1:{server.port}{path}", client,
                             loop=loop, ssl=transport.client_ssl, **kwargs)
              for client, path in zip(clients, paths, strict=True)]
+    _connected.extend(conns)
     run_until(loop, lambda: all(c.is_open for c in conns), timeout=60)
     # The server side upgrades (and subscribes) before its 101 leaves: all are in by now.
     return clients, conns
