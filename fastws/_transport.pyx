@@ -34,6 +34,8 @@ import socket
 import ssl
 import threading
 
+from .eventloop import loop_is_closed
+
 cimport cython
 from cpython.buffer cimport PyBuffer_IsContiguous
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -709,7 +711,7 @@ cdef class Transport(Sink):
             self._close_timer.cancel()
             self._close_timer = None
         loop = self.loop
-        if not loop.is_closed:
+        if not loop_is_closed(loop):     # a property on the fastws Loop, asyncio's a method
             loop.remove_reader(self.sock)
             loop.remove_writer(self.sock)
         self._reading = self._writer_registered = False

@@ -660,3 +660,32 @@ def test_busy_poll_keeps_timers_and_threadsafe_wakeups_on_time(loop: Loop) -> No
     threading.Timer(0.003, loop.call_soon_threadsafe, (fired.append, "thread")).start()
     run_until(loop, lambda: len(fired) == 2)
     assert sorted(fired) == ["thread", "timer"]
+
+
+def test_transport_on_an_asyncio_loop_closes_its_socket() -> None:
+    # The Loop transport only asks its loop for add_reader/add_writer/call_later/call_soon,
+    # which asyncio loops have too (bench/echo/servers/fastws_fd_uvloop_echo.py runs it on
+    # uvloop). Their is_closed is a method, not the fastws Loop's property: a peer's EOF must
+    # still unregister the socket, or uvloop keeps it open (its reader holds the socket) and
+    # spins on its EOF.
+    import asyncio
+
+    import uvloop
+
+    import fastws
+    from fastws.connection import Connection
+
+    async def main() -> None:
+        ours, peer = socket.socketpair()
+        peer.close()                                   # EOF before any byte
+        conn = Connection(asyncio.get_running_loop(), ours, fastws.Handler(), is_client=False,
+                          limits=fastws.Limits(), peername=("peer", 1))
+        conn.start()
+        for _ in range(100):
+            if ours.fileno() == -1:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.closed and ours.fileno() == -1
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -82,6 +82,9 @@ def servers(build: str) -> list[dict]:
         {"name": "fastws awaitable (uvloop)", "log": "fastws-asyncio-awaitable",
          "cmd": python_server("fastws_asyncio_echo.py", "--uvloop", "--awaitable"),
          "memory": True},
+        {"name": "fastws fd prototype (uvloop)", "log": "fastws-fd-uvloop",
+         "cmd": python_server("fastws_fd_uvloop_echo.py"), "memory": False,
+         "opt_in": True},
         {"name": "uvicorn+FastAPI, --ws fastws", "log": "uvicorn-fastws",
          "cmd": uvicorn_server("fastws.uvicorn:WebSocketProtocol"), "memory": True},
         {"name": "uvicorn+FastAPI, --ws websockets-sansio", "log": "uvicorn-websockets-sansio",
@@ -534,8 +537,10 @@ def report(args, server_runs, memory, client_runs, problems, started, elapsed) -
 # --------------------------------------------------------------------------- main
 
 def selected(specs: list[dict], words: list[str] | None) -> list[dict]:
+    """The servers named by `words` (parts of their names); without words, all but the
+    experiments ("opt_in"), which run only when named."""
     if not words:
-        return specs
+        return [s for s in specs if not s.get("opt_in")]
     return [s for s in specs if any(w.lower() in s["name"].lower() for w in words)]
 
 def kept_sections(path: str) -> str:
