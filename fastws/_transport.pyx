@@ -235,6 +235,10 @@ cdef class Transport(Sink):
         loop.remove_reader(sock)
         self._handshaking = False
         self._connection_made()
+        # OpenSSL may already hold the peer's first bytes (a TLS 1.3 client sends its request
+        # right behind its Finished): the socket will not signal them again, so read once now.
+        if self._reading and not self.closed:
+            loop.call_soon(self._on_readable)
 
     cdef int _connection_made(self) except -1:
         self._start_reading()
