@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""One socket on a fastws Loop: reading, the write queue, batching, back-pressure and TLS.
+"""One socket on a fastws Loop (or on an asyncio loop's add_reader, for fastws.asyncio):
+reading, the write queue, batching, back-pressure and TLS.
 
 `Transport` moves bytes between a socket and the rest of a connection, and nothing else.
 Before the upgrade it hands what it reads to its listener (the Connection: HTTP, the
@@ -148,6 +149,7 @@ cdef class Transport(Sink):
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
     cdef bint _corked                 # inside a read: writes are batched
+    cdef bint _loop_polls             # a fastws Loop (it may busy-poll); not an asyncio loop
     cdef bint _held                   # a broadcast batches writes until release()
     cdef bint _eager                  # the next write leaves at once
     cdef bint _writer_registered
@@ -166,6 +168,7 @@ cdef class Transport(Sink):
                  server_hostname=None, close_timeout=5.0, peername=None):
         sock.setblocking(False)
         self.loop = loop
+        self._loop_polls = hasattr(loop, "_busy")
         self.sock = sock
         self.listener = listener
         self.is_client = is_client
@@ -335,7 +338,7 @@ cdef class Transport(Sink):
             return 0
         self._corked = True
         self._eager = (not self.is_client and not self._queue
-                       and not self.loop._busy)
+                       and not (self._loop_polls and self.loop._busy))
         try:
             if self.protocol is not None:
                 self.protocol.feed_c(data, n)

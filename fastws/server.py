@@ -10,7 +10,6 @@ what; `serve(pubsub=...)` links it to the other workers and machines (fastws.bac
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+from .acceptor import Acceptor, listen
 from .connection import Connection
 from .deflate import CompressionSetting, DeflateOptions, deflate_options
 from .handler import check_handler
@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("fastws")
-
-# Accept at most this many sockets per readiness event, so one busy listener cannot
-# starve the connections already open.
-_ACCEPTS_PER_EVENT = 64
 
 
 class Server(TopicServer):
@@ -56,7 +52,6 @@ class Server(TopicServer):
         self.loop = loop
         self.origins = origins             # allowed Origin values for upgrades; None: any
         self.max_connections = max_connections
-        self._accepting = True
         self.handler = handler
         self.ssl_context = ssl_context
         self.limits = limits
@@ -67,67 +62,31 @@ class Server(TopicServer):
         self.worker = 0                    # 0: the parent (or only) process; see serve(workers=)
         self.worker_pids: list[int] = []   # in the parent: the worker processes it forked
         self._worker_pipe: tuple[int, int] | None = None  # closed by the parent: workers stop
-        self._sock: socket.socket | None = sock
         address = sock.getsockname()
         self.host: str = address[0]
         self.port: int = address[1]
-        loop.add_reader(sock, self._on_acceptable)
+        self._acceptor: Acceptor | None = Acceptor(loop, sock, self._accepted,
+                                                   self._below_limit)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return (self._sock,) if self._sock is not None else ()
+        acceptor = self._acceptor
+        return (acceptor.sock,) if acceptor is not None and acceptor.sock is not None else ()
 
     @property
     def is_serving(self) -> bool:
-        return self._sock is not None
+        return self._acceptor is not None
 
-    def _on_acceptable(self) -> None:
-        listener = self._sock
-        if listener is None:
-            return
-        for _ in range(_ACCEPTS_PER_EVENT):
-            try:
-                sock, peername = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors or memory: retrying at once would spin; wait a bit.
-                    logger.warning("cannot accept (%s); pausing accepts for 100 ms", exc)
-                    self._pause_accepting()
-                    self.loop.call_later(0.1, self._resume_accepting)
-                    return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                raise
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            conn = Connection(self.loop, sock, self.handler, is_client=False,
-                              limits=self.limits, ssl_context=self.ssl_context, server=self,
-                              peername=peername)
-            self.all_connections.add(conn)
-            conn.start()
-            if (self.max_connections is not None
-                    and len(self.all_connections) >= self.max_connections):
-                # At the limit: leave new connections in the kernel's backlog until one closes.
-                self._pause_accepting()
-                return
+    def _accepted(self, sock: socket.socket, peername: Any) -> bool:
+        conn = Connection(self.loop, sock, self.handler, is_client=False, limits=self.limits,
+                          ssl_context=self.ssl_context, server=self, peername=peername)
+        self.all_connections.add(conn)
+        conn.start()
+        return self._below_limit()
 
-    def _pause_accepting(self) -> None:
-        if self._accepting and self._sock is not None:
-            self._accepting = False
-            self.loop.remove_reader(self._sock)
-
-    def _resume_accepting(self) -> None:
-        if self._accepting or self._sock is None:
-            return
-        if (self.max_connections is not None
-                and len(self.all_connections) >= self.max_connections):
-            return
-        self._accepting = True
-        self.loop.add_reader(self._sock, self._on_acceptable)
+    def _below_limit(self) -> bool:
+        return (self.max_connections is None
+                or len(self.all_connections) < self.max_connections)
 
     def _connection_upgraded(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -137,8 +96,8 @@ class Server(TopicServer):
         if conn in self.connections:
             self.connections.discard(conn)
             self.topics.forget(conn)
-        if not self._accepting:
-            self._resume_accepting()
+        if self._acceptor is not None and not self._acceptor.accepting:
+            self._acceptor.resume()
 
     def close(self) -> None:
         """Stop accepting and close every connection gracefully.
@@ -149,11 +108,9 @@ class Server(TopicServer):
         (serve(pubsub=...)) is closed. In the parent of
         `serve(workers=N)` the workers are told to do the same (see `join_workers`).
         """
-        if self._sock is not None:
-            self._accepting = False
-            self.loop.remove_reader(self._sock)
-            self._sock.close()
-            self._sock = None
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
         if self.worker == 0 and self._worker_pipe is not None:
             os.close(self._worker_pipe[1])
             self._worker_pipe = None
@@ -267,7 +224,7 @@ def serve(handler: Any, host: str = "127.0.0.1", port: int = 9001, *,
     settings = Limits().updated(limits)
     options = deflate_options(compression, is_client=False)
     reuse_port = reuse_port or workers > 1
-    sock = _listen(host, port, reuse_port, backlog)
+    sock = listen(host, port, reuse_port, backlog)
     backplane = None
     if pubsub is not None:
         from .backplane import pubsub_settings
@@ -304,7 +261,8 @@ def _start_worker(parent: Server, index: int, host: str, backlog: int) -> Server
     try:
         loop = parent.loop
         loop._reset_after_fork()
-        worker = Server(loop, _listen(host, parent.port, True, backlog), parent.handler,
+        sock = listen(host, parent.port, True, backlog)
+        worker = Server(loop, sock, parent.handler,
                         parent.ssl_context, parent.limits, parent.compression, parent.origins,
                         parent.max_connections, parent.slow_consumers)
         worker.worker = index
@@ -315,33 +273,17 @@ def _start_worker(parent: Server, index: int, host: str, backlog: int) -> Server
         os._exit(1)
 
 
-def _listen(host: str, port: int, reuse_port: bool, backlog: int) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, type_, proto, _, address = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _fork_worker(server: Server, index: int) -> bool:
     """Fork one worker; True in the child. The parent keeps the pipe the workers watch."""
     if server._worker_pipe is None:
         server._worker_pipe = os.pipe()
     pid = os.fork()
     if pid == 0:
-        # The child's copies of the parent's listener and pipe end are not its own.
-        if server._sock is not None:
-            server._sock.close()
-            server._sock = None
+        # The child's copies of the parent's listener and pipe end are not its own. (Not
+        # acceptor.close(): the epoll instance is still the parent's until the loop resets.)
+        if server._acceptor is not None and server._acceptor.sock is not None:
+            server._acceptor.sock.close()
+        server._acceptor = None
         os.close(server._worker_pipe[1])
         return True
     server.worker_pids.append(pid)

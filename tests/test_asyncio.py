@@ -37,6 +37,13 @@ def aio(request):
     return run
 
 
+@pytest.fixture(params=["socket", "asyncio"])
+def server_io(request):
+    """The callback-form server's I/O: fastws' own sockets on add_reader, or asyncio's
+    transports (serve(transport=...))."""
+    return request.param
+
+
 def url(server, transport, path="/"):
     return f"{transport.scheme}://127.0.0.1:{server.port}{path}"
 
@@ -108,7 +115,7 @@ def masked(opcode, data, fin=True):
 
 # ------------------------------------------------------------------ the callback form
 
-def test_callback_server_and_client_echo(aio, transport):
+def test_callback_server_and_client_echo(aio, transport, server_io):
     server_handler = Echo()
 
     class Client:
@@ -134,7 +141,8 @@ def test_callback_server_and_client_echo(aio, transport):
             self.done.set_result((code, reason))
 
     async def main():
-        server = await fa.serve(server_handler, "127.0.0.1", 0, ssl=transport.server_ssl)
+        server = await fa.serve(server_handler, "127.0.0.1", 0, ssl=transport.server_ssl,
+                                transport=server_io)
         async with server:
             client = Client()
             conn = await fa.connect(url(server, transport), client, ssl=transport.client_ssl)
@@ -151,7 +159,7 @@ def test_callback_server_and_client_echo(aio, transport):
     aio(main())
 
 
-def test_callback_server_answers_plain_http(aio, transport):
+def test_callback_server_answers_plain_http(aio, transport, server_io):
     class Site:
         def on_request(self, conn, request):
             if request.upgrade:
@@ -160,7 +168,8 @@ def test_callback_server_answers_plain_http(aio, transport):
                 conn.respond(fastws.Response.text(200, f"hello {request.path}\n"))
 
     async def main():
-        async with fa.serve(Site(), "127.0.0.1", 0, ssl=transport.server_ssl) as server:
+        async with fa.serve(Site(), "127.0.0.1", 0, ssl=transport.server_ssl,
+                            transport=server_io) as server:
             def get():
                 if transport.client_ssl is not None:
                     client = http.client.HTTPSConnection("127.0.0.1", server.port,
@@ -183,7 +192,7 @@ def test_callback_server_answers_plain_http(aio, transport):
     aio(main())
 
 
-def test_auto_ping_reports_rtt_on_asyncio(aio, transport):
+def test_auto_ping_reports_rtt_on_asyncio(aio, transport, server_io):
     class Pinged(Echo):
         def __init__(self):
             super().__init__()
@@ -199,13 +208,87 @@ def test_auto_ping_reports_rtt_on_asyncio(aio, transport):
     handler = Pinged()
 
     async def main():
-        async with (fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl) as server,
+        async with (fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl,
+                             transport=server_io) as server,
                     fa.connect(url(server, transport), ssl=transport.client_ssl)):
             await until(lambda: len(handler.rtts) >= 3)
         assert all(0 < rtt < 1 for rtt in handler.rtts)
 
     aio(main())
 
+
+
+@pytest.mark.parametrize("bad, code", [
+    (encode_frame(3, b"", True, 0, 0x01020304), CloseCode.PROTOCOL_ERROR),          # reserved opcode
+    (encode_frame(OpCode.TEXT, b"\xff\xfe", True, 0, 0x01020304), CloseCode.INVALID_DATA),
+    (encode_frame(OpCode.BINARY, b"x" * 1025, True, 0, 0x01020304), CloseCode.MESSAGE_TOO_BIG),
+], ids=["reserved-opcode", "bad-utf8", "too-big"])
+def test_callback_server_fails_violations_and_limits(aio, transport, server_io, bad, code):
+    """The protocol's rules hold on either I/O path: the peer gets the close code, the
+    handler hears it, and the server keeps serving other connections."""
+    handler = Echo()
+
+    async def main():
+        async with fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            transport=server_io, max_message_size=1024) as server:
+            reader, writer = await raw_open(server.port, transport)
+            writer.write(masked(OpCode.TEXT, b"before") + bad)
+            frames = await raw_frames(reader)
+            writer.close()
+            assert frames[0].data == b"before" and frames[-1].opcode == OpCode.CLOSE
+            assert parse_close(frames[-1].data)[0] == code
+            await until(lambda: handler.closed)
+            assert handler.closed[0][0] == code
+            async with fa.connect(url(server, transport), ssl=transport.client_ssl) as ws:
+                await ws.send("still serving")
+                assert await ws.recv() == "still serving"
+
+    aio(main())
+
+
+def test_callback_server_close_sends_1001(aio, transport, server_io):
+    handler = Echo()
+
+    async def main():
+        server = await fa.serve(handler, "127.0.0.1", 0, ssl=transport.server_ssl,
+                                transport=server_io)
+        clients = [await fa.connect(url(server, transport), ssl=transport.client_ssl)
+                   for _ in range(3)]
+        await until(lambda: len(server.connections) == 3)
+        serving = asyncio.ensure_future(server.serve_forever())
+        await asyncio.sleep(0)                       # serve_forever is waiting
+        server.close()
+        for ws in clients:
+            with pytest.raises(fa.ConnectionClosedOK) as raised:
+                await ws.recv()
+            assert raised.value.code == CloseCode.GOING_AWAY
+        await server.wait_closed()
+        await asyncio.wait_for(serving, TIMEOUT)     # serve_forever returns once closed
+        assert not server.all_connections and not server.is_serving and not server.sockets
+        assert [code for code, _ in handler.closed] == [CloseCode.GOING_AWAY] * 3
+        with pytest.raises(RuntimeError, match="closed"):
+            await server.serve_forever()
+
+    aio(main())
+
+
+def test_server_transport_choice(aio):
+    """Handler objects get fastws' own socket I/O on asyncio's loop and uvloop; the
+    awaitable form runs on asyncio's transports; impossible choices are refused."""
+    async def main():
+        async with fa.serve(Echo(), "127.0.0.1", 0) as server:
+            assert server.transport == "socket"
+            assert all(sock.gettimeout() == 0 for sock in server.sockets)
+        async with fa.serve(echo, "127.0.0.1", 0) as server:
+            assert server.transport == "asyncio"
+        async with fa.serve(Echo(), "127.0.0.1", 0, transport="asyncio") as server:
+            assert server.transport == "asyncio"
+        with pytest.raises(ValueError, match="awaitable"):
+            await fa.serve(echo, "127.0.0.1", 0, transport="socket")
+        with pytest.raises(ValueError, match="transport must be"):
+            await fa.serve(Echo(), "127.0.0.1", 0, transport="epoll")
+
+    aio(main())
 
 # ------------------------------------------------------------------ the awaitable form
 
@@ -661,7 +744,7 @@ def test_a_coroutine_that_does_not_read_still_answers_pings_and_closes(aio, tran
     aio(main())
 
 
-def test_callback_flow_control_and_write_overflow(aio, transport):
+def test_callback_flow_control_and_write_overflow(aio, transport, server_io):
     """The Loop's flow-control callbacks on asyncio: on_pause_writing above the high-water
     mark, on_resume_writing once the peer reads; a handler that ignores them and passes
     max_write_buffer fails the connection (1008) and it is dropped after close_timeout."""
@@ -697,6 +780,7 @@ def test_callback_flow_control_and_write_overflow(aio, transport):
     async def main():
         polite = Producer(respect=True)
         async with fa.serve(polite, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            transport=server_io,
                             compression=False) as server:
             reader, writer = await raw_open(server.port, transport)
             # The client reads nothing yet: paused once the kernel's socket buffers filled,
@@ -710,7 +794,8 @@ def test_callback_flow_control_and_write_overflow(aio, transport):
             writer.close()
 
         rude = Producer(respect=False)
-        async with fa.serve(rude, "127.0.0.1", 0, ssl=transport.server_ssl, compression=False,
+        async with fa.serve(rude, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            transport=server_io, compression=False,
                             max_write_buffer=1 << 20, close_timeout=0.5) as server:
             reader, writer = await raw_open(server.port, transport)
             assert await asyncio.wait_for(rude.closed, TIMEOUT) == CloseCode.POLICY_VIOLATION
@@ -720,7 +805,7 @@ def test_callback_flow_control_and_write_overflow(aio, transport):
     aio(main())
 
 
-def test_one_message_larger_than_the_write_cap_is_sent_whole(aio, transport):
+def test_one_message_larger_than_the_write_cap_is_sent_whole(aio, transport, server_io):
     """max_write_buffer judges a backlog, not one message: 24 MiB and a short message
     behind it reach a reading peer whole under a 1 MiB cap."""
     big = b"b" * (24 << 20)
@@ -739,6 +824,7 @@ def test_one_message_larger_than_the_write_cap_is_sent_whole(aio, transport):
     async def main():
         sender = BigSender()
         async with fa.serve(sender, "127.0.0.1", 0, ssl=transport.server_ssl,
+                            transport=server_io,
                             compression=False, max_write_buffer=1 << 20) as server:
             reader, writer = await raw_open(server.port, transport)
             frames = await raw_frames_until(reader, 2)

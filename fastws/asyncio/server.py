@@ -1,11 +1,15 @@
 """`serve()` on a running asyncio loop: HTTP/1.1 and WebSocket connections for a handler
 object (the callback form) or for `async def handler(ws)` (the awaitable form).
 
-Every accepted connection is a fastws Connection over an AsyncioTransport, so it runs
-exactly as on the fastws Loop: the same handler callbacks, stages, limits, plain-HTTP
-answers and permessage-deflate. TLS is asyncio's (`ssl=` a server-side SSLContext).
-The awaitable form accepts every valid upgrade request (plain HTTP requests get 404)
-and runs the coroutine once per WebSocket, in its own task, with a `WebSocket`.
+Every accepted connection is a fastws Connection, so it runs exactly as on the fastws
+Loop: the same handler callbacks, stages, limits, plain-HTTP answers and
+permessage-deflate. Its I/O is fastws' own or asyncio's. transport="socket" (the callback
+form's default where the loop has add_reader): the Loop's Transport reads and writes the
+socket and does TLS, the listening sockets are accepted from by fastws.acceptor, as on the
+fastws Loop. transport="asyncio" (the awaitable form, proactor loops): create_server, an
+AsyncioTransport per connection, TLS by asyncio. The awaitable form accepts every valid
+upgrade request (plain HTTP requests get 404) and runs the coroutine once per WebSocket,
+in its own task, with a `WebSocket`.
 
 Topics are the Loop server's (fastws.topics.TopicServer: one `Topics`, one backplane, on
 either loop): `server.topics`, `server.publish(topic, message)`, `conn.subscribe(topic)`
@@ -21,9 +25,10 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable, Collection, Coroutine, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._asyncio_websocket import ConnectionClosed, WebSocket
+from ..acceptor import Acceptor, bind
 from ..connection import Connection
 from ..deflate import CompressionSetting, DeflateOptions, deflate_options
 from ..handler import check_handler
@@ -40,6 +45,28 @@ __all__ = ["Server", "Serving", "serve"]
 logger = logging.getLogger("fastws")
 
 CoroutineHandler = Callable[[WebSocket], Coroutine[Any, Any, object]]
+TransportSetting = Literal["auto", "socket", "asyncio"]
+
+
+def _choose_transport(setting: str, loop: asyncio.AbstractEventLoop,
+                      awaitable: bool) -> str:
+    """"socket" where fastws can read and write the sockets itself (the callback form on a
+    loop with add_reader: asyncio's selector loop, uvloop), else "asyncio"."""
+    if setting not in ("auto", "socket", "asyncio"):
+        raise ValueError(f'transport must be "auto", "socket" or "asyncio", not {setting!r}')
+    if setting == "asyncio":
+        return setting
+    watches_sockets = (isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+                       or type(loop).__module__.partition(".")[0] == "uvloop")
+    if setting == "socket":
+        if awaitable:
+            raise ValueError('transport="socket" is for handler objects; the awaitable form '
+                             'runs on asyncio\'s transports')
+        if not watches_sockets:
+            raise ValueError(f'transport="socket" needs a loop with add_reader for sockets '
+                             f'(asyncio\'s selector loop, uvloop), not {type(loop).__name__}')
+        return setting
+    return "socket" if watches_sockets and not awaitable else "asyncio"
 
 
 class _RunCoroutine:
@@ -88,8 +115,10 @@ class Server(TopicServer):
 
     def __init__(self, handler: Any, limits: Limits, compression: DeflateOptions | None,
                  origins: Collection[str | None] | None, max_queue: int | None,
-                 slow_consumers: SlowConsumerSetting = "close") -> None:
+                 slow_consumers: SlowConsumerSetting = "close",
+                 transport: TransportSetting = "auto") -> None:
         self.loop = asyncio.get_running_loop()
+        self.transport = _choose_transport(transport, self.loop, is_coroutine_handler(handler))
         self.limits = limits
         self.compression = compression     # read by Connection.upgrade()
         self.origins = origins             # likewise
@@ -97,7 +126,10 @@ class Server(TopicServer):
         self.connections: set[Connection] = set()       # the open WebSockets among them
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.Future[None] | None = None
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | None = None          # transport="asyncio"
+        self._acceptors: list[Acceptor] = []                 # transport="socket"
+        self._ssl: ssl_module.SSLContext | None = None
+        self._stopped: asyncio.Future[None] | None = None    # serve_forever's
         self._closing = False
         self.handler: Any = (_RunCoroutine(self, handler, max_queue)
                              if is_coroutine_handler(handler) else handler)
@@ -109,6 +141,20 @@ class Server(TopicServer):
 
     async def _listen(self, host: str | None, port: int, ssl: ssl_module.SSLContext | None,
                       backlog: int, reuse_port: bool, sock: socket.socket | None) -> None:
+        if self.transport == "socket":
+            if sock is not None:
+                sock.setblocking(False)
+                sock.listen(backlog)
+                sockets = [sock]
+            else:
+                infos = await self.loop.getaddrinfo(host or None, port,
+                                                    type=socket.SOCK_STREAM,
+                                                    flags=socket.AI_PASSIVE)
+                sockets = bind(infos[:1] if host else infos, reuse_port, backlog)
+            self._ssl = ssl
+            self._acceptors = [Acceptor(self.loop, listener, self._accepted)
+                               for listener in sockets]
+            return
         timeout = self.limits.handshake_timeout
         if sock is not None:
             self._server = await self.loop.create_server(
@@ -128,6 +174,15 @@ class Server(TopicServer):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+
+    def _accepted(self, sock: socket.socket, peername: Any) -> bool:
+        """transport="socket": a fastws Connection reads and writes the accepted socket
+        itself, watched with the loop's add_reader."""
+        conn = Connection(self.loop, sock, self.handler, is_client=False, limits=self.limits,
+                          ssl_context=self._ssl, server=self, peername=peername)
+        self.all_connections.add(conn)
+        conn.start()
+        return True
 
     def _new_protocol(self) -> asyncio.BaseProtocol:
         conn = new_connection(self.loop, self.handler, is_client=False, limits=self.limits,
@@ -170,7 +225,9 @@ class Server(TopicServer):
 
     @property
     def sockets(self) -> tuple[Any, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
+        if self._server is not None:
+            return tuple(self._server.sockets)
+        return tuple(acceptor.sock for acceptor in self._acceptors if acceptor.sock is not None)
 
     @property
     def port(self) -> int:
@@ -183,13 +240,20 @@ class Server(TopicServer):
 
     @property
     def is_serving(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        if self._server is not None:
+            return self._server.is_serving()
+        return bool(self._acceptors)
 
     def close(self) -> None:
         """Stop accepting; close every WebSocket with 1001 and every HTTP connection now."""
         self._closing = True
         if self._server is not None:
             self._server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._acceptors = []
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
         if self.pubsub is not None:
             self.pubsub.close()
         for conn in list(self.all_connections):
@@ -214,10 +278,14 @@ class Server(TopicServer):
             self._idle = None
 
     async def serve_forever(self) -> None:
-        """Wait until the server is closed (or this coroutine is cancelled)."""
-        assert self._server is not None
+        """Wait until the server is closed (returns then), or until this coroutine is
+        cancelled (the server is closed and its connections finished, then it raises)."""
+        if self._closing:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._stopped is None:
+            self._stopped = self.loop.create_future()
         try:
-            await self._server.serve_forever()
+            await asyncio.shield(self._stopped)
         except asyncio.CancelledError:
             self.close()
             await self.wait_closed()
@@ -261,7 +329,7 @@ def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
           backlog: int = 1024, reuse_port: bool = False, compression: CompressionSetting = True,
           origins: Collection[str | None] | None = None, max_queue: int | None = 16,
           slow_consumers: SlowConsumerSetting = "close", pubsub: PubSubSetting | None = None,
-          **limits: Any) -> Serving:
+          transport: TransportSetting = "auto", **limits: Any) -> Serving:
     """Serve HTTP/1.1 and WebSockets on the running asyncio loop (asyncio's or uvloop).
 
     `handler` is either a handler object (on_request, on_upgraded, on_frame, on_rtt,
@@ -283,6 +351,12 @@ def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
     of an object with `async def __call__(self, ws)`, and on_messages_dropped is given
     the WebSocket.
 
+    `transport`: how connections do their I/O. "socket": fastws reads and writes each
+    socket itself (TLS included), watched with the loop's add_reader, as on the fastws
+    Loop; "asyncio": through asyncio's transports (create_server). "auto" (the default)
+    picks "socket" for a handler object on asyncio's selector loop or uvloop, "asyncio"
+    for the awaitable form and on other loops (the proactor loop).
+
     Use `server = await serve(...)` or `async with serve(...) as server:`.
     """
     settings = Limits().updated(limits)
@@ -294,7 +368,8 @@ def serve(handler: Any, host: str | None = "127.0.0.1", port: int = 9001, *,
         backplane = pubsub_settings(pubsub)
 
     async def create() -> Server:
-        server = Server(handler, settings, options, origins, max_queue, slow_consumers)
+        server = Server(handler, settings, options, origins, max_queue, slow_consumers,
+                        transport)
         await server._listen(host, port, ssl, backlog, reuse_port, sock)
         if backplane is not None:
             backplane.start(server)

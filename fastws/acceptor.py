@@ -1,0 +1,122 @@
+"""Listening sockets: opened with `listen()`, accepted from by an `Acceptor` on any loop with
+`add_reader` (the fastws Loop, asyncio's selector loop, uvloop).
+
+One accept loop for both servers (fastws.server on the fastws Loop, fastws.asyncio's on an
+asyncio loop): sockets are taken in batches per readiness event, a full descriptor table
+pauses accepting for a moment instead of spinning, and the server can pause it at its
+connection limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Acceptor", "bind", "listen"]
+
+logger = logging.getLogger("fastws")
+
+# Accept at most this many sockets per readiness event, so one busy listener cannot
+# starve the connections already open.
+ACCEPTS_PER_EVENT = 64
+
+# accept() errors that say "not now" rather than "this listener is broken".
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_PEER_GONE = (errno.ECONNABORTED, errno.EPROTO)
+
+
+def listen(host: str | None, port: int, reuse_port: bool, backlog: int) -> socket.socket:
+    """A non-blocking listening socket on the first address of host:port."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return bind(infos[:1], reuse_port, backlog)[0]
+
+
+def bind(infos: list[tuple[Any, ...]], reuse_port: bool, backlog: int) -> list[socket.socket]:
+    """A non-blocking listening socket for each of getaddrinfo()'s `infos` (IPv6 ones
+    only for IPv6 when there are others, as asyncio binds every interface)."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and len(infos) > 1:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Acceptor:
+    """Accepts connections on a listening socket watched by `loop.add_reader`.
+
+    `accepted(sock, peername)` gets each new socket (non-blocking, TCP_NODELAY set) and
+    returns True to keep accepting, False to pause (the server's connection limit) until
+    `resume()`. `may_resume()` is asked before resuming after a pause.
+    """
+
+    def __init__(self, loop: Any, sock: socket.socket,
+                 accepted: Callable[[socket.socket, Any], bool],
+                 may_resume: Callable[[], bool] = lambda: True) -> None:
+        self.loop = loop
+        self.sock: socket.socket | None = sock
+        self._accepted = accepted
+        self._may_resume = may_resume
+        self.accepting = True
+        loop.add_reader(sock, self._on_acceptable)
+
+    def _on_acceptable(self) -> None:
+        listener = self.sock
+        if listener is None:
+            return
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                sock, peername = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    # Retrying at once would spin: wait for a descriptor to be freed.
+                    logger.warning("cannot accept (%s); pausing accepts for 100 ms", exc)
+                    self.pause()
+                    self.loop.call_later(0.1, self.resume)
+                    return
+                if exc.errno in _PEER_GONE:
+                    continue
+                raise
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            if not self._accepted(sock, peername):
+                # Leave new connections in the kernel's backlog until resume().
+                self.pause()
+                return
+
+    def pause(self) -> None:
+        if self.accepting and self.sock is not None:
+            self.accepting = False
+            self.loop.remove_reader(self.sock)
+
+    def resume(self) -> None:
+        if self.accepting or self.sock is None or not self._may_resume():
+            return
+        self.accepting = True
+        self.loop.add_reader(self.sock, self._on_acceptable)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self.sock is not None:
+            self.pause()
+            self.sock.close()
+            self.sock = None
