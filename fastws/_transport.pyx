@@ -9,11 +9,12 @@ into the thread's read buffer, and the bytes go straight to the Protocol, which 
 them in place. The Protocol writes back through the Sink interface this class implements.
 
 Writes made while a read is being handled are batched: they leave together, with one
-`send()`/`sendmsg()`, when the read is done (a server whose only ready peer is this one
-sends its first reply at once, so that the peer can go on while we work). Outside a read,
-every write is sent at once, unless a broadcast holds the transport (Sink.hold, from
-fastws._fanout): then writes wait for its release at the end of the loop iteration. What the kernel does not take waits in the queue for the
-socket to become writable; past the high-water mark the listener is told to pause
+`send()`/`sendmsg()`, when the read is done (on a fastws Loop, a server whose only ready
+peer is this one sends its first reply at once, so that the peer can go on while we work).
+Outside a read, every write is sent at once, unless a broadcast holds the transport
+(Sink.hold, from fastws._fanout): then writes wait for its release at the end of the loop
+iteration. What the kernel does not take waits in the queue for the socket to become
+writable; past the high-water mark the listener is told to pause
 (`pause_writing`). A write that finds more than `max_write_buffer` bytes waiting besides
 the largest message queued (after the kernel took what it would) means the peer is not
 reading: the frames it has not started to receive are dropped and the listener told
@@ -149,7 +150,7 @@ cdef class Transport(Sink):
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
     cdef bint _corked                 # inside a read: writes are batched
-    cdef bint _loop_polls             # a fastws Loop (it may busy-poll); not an asyncio loop
+    cdef bint _loop_polls             # a fastws Loop (it says how many sockets are ready)
     cdef bint _held                   # a broadcast batches writes until release()
     cdef bint _eager                  # the next write leaves at once
     cdef bint _writer_registered
@@ -337,8 +338,10 @@ cdef class Transport(Sink):
         if self._discarding:
             return 0
         self._corked = True
+        # Eager only on a fastws Loop that saw no other socket ready: an asyncio loop does not
+        # say, and there the second send per read cost more than it saved (bench/RESULTS.md).
         self._eager = (not self.is_client and not self._queue
-                       and not (self._loop_polls and self.loop._busy))
+                       and self._loop_polls and not self.loop._busy)
         try:
             if self.protocol is not None:
                 self.protocol.feed_c(data, n)

@@ -1,9 +1,11 @@
 """fastws on asyncio: echo server in the callback form or the awaitable form, compression off.
 
-python fastws_asyncio_echo.py --port P [--uvloop] [--awaitable]
+python fastws_asyncio_echo.py --port P [--uvloop] [--awaitable] [--transport asyncio]
 
 Callback form: a handler object whose on_frame sends every message back (the same handler
 as on the fastws Loop). Awaitable form: `async for message in ws: await ws.send(message)`.
+`--transport asyncio` runs the callback form on asyncio's transports instead of fastws'
+own socket I/O (serve(transport=...)).
 """
 import argparse
 import asyncio
@@ -26,9 +28,9 @@ async def echo(ws):
         await ws.send(message)
 
 
-async def main(host, port, awaitable):
+async def main(host, port, awaitable, transport):
     handler = echo if awaitable else Echo()
-    async with fastws.asyncio.serve(handler, host, port, compression=False,
+    async with fastws.asyncio.serve(handler, host, port, compression=False, transport=transport,
                                     max_message_size=64 * 1024 * 1024,
                                     max_frame_size=64 * 1024 * 1024) as server:
         print("listening", flush=True)
@@ -41,9 +43,11 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--uvloop", action="store_true")
     ap.add_argument("--awaitable", action="store_true")
+    ap.add_argument("--transport", default="auto", choices=["auto", "socket", "asyncio"])
     args = ap.parse_args()
+    run = main(args.host, args.port, args.awaitable, args.transport)
     if args.uvloop:
         import uvloop
-        uvloop.run(main(args.host, args.port, args.awaitable))
+        uvloop.run(run)
     else:
-        asyncio.run(main(args.host, args.port, args.awaitable))
+        asyncio.run(run)
