@@ -2,6 +2,7 @@
 
     python bench/echo/storm.py [--transports clear tls] [--servers fastws picows ...]
         [--concurrency 50] [--repeat 3] [--duration 3] [--warmup 0.5] [--output FILE.md]
+        [--tree NAME=PATH ...]
 
 Compiles the C storm client (storm.c, linked with OpenSSL) and makes a throw-away ECDSA P-256
 certificate for 127.0.0.1/localhost with the `openssl` command. Each server under test runs
@@ -11,7 +12,8 @@ pinned to CPU 0 (clear, or with that certificate for TLS); the storm client runs
 closing with the closing handshake and waiting for the server's FIN, then starting again.
 Runs are interleaved across servers (A B C D A B C D ...) and repeated; the report gives medians
 and min-max. Prints the report as markdown (and writes it to --output, with the raw runs next
-to it as .json).
+to it as .json). `--tree before=/path/to/checkout` adds a row "fastws before" running the
+fastws of that source tree (extensions built in place), for A/B runs in one sitting.
 """
 
 from __future__ import annotations
@@ -34,9 +36,15 @@ import run  # noqa: E402  (bench/echo/run.py: servers, pinning, /proc CPU, repor
 SERVERS = ["fastws", "picows (uvloop)", "websockets", "aiohttp"]
 
 
-def server_specs(names: list[str], certfile: str | None, keyfile: str | None) -> list[dict]:
+def server_specs(names: list[str], certfile: str | None, keyfile: str | None,
+                 trees: dict[str, str]) -> list[dict]:
     tls = ["--certfile", certfile, "--keyfile", keyfile] if certfile and keyfile else []
     fastws = [run.PY, "-m", "fastws", "echo", "--host", "127.0.0.1", "--no-compression"]
+
+    def tree(path: str):
+        # `python -m` imports from the working directory first: run inside the tree.
+        return lambda p: ["sh", "-c", 'cd "$0" && PYTHONPATH="$0" exec "$@"', path,
+                          *fastws, "--port", str(p), *tls]
 
     def peer(script: str, *options: str):
         return lambda p: [run.PY, f"{HERE}/servers/{script}", "--port", str(p), *options, *tls]
@@ -47,7 +55,9 @@ def server_specs(names: list[str], certfile: str | None, keyfile: str | None) ->
         "websockets": peer("websockets_echo.py"),
         "aiohttp": peer("aiohttp_echo.py"),
     }
-    return [{"name": name, "cmd": specs[name], "peer": name != "fastws"} for name in names]
+    return ([{"name": name, "cmd": specs[name], "peer": name != "fastws"} for name in names]
+            + [{"name": f"fastws {name}", "cmd": tree(path), "peer": False,
+                "log": f"fastws-{name}"} for name, path in trees.items()])
 
 
 def make_certificate(where: str) -> tuple[str, str]:
@@ -130,7 +140,7 @@ def report(args: argparse.Namespace, runs: list[dict], problems: list[str], star
         if not rows:
             continue
         med = {}
-        for name in args.servers:
+        for name in args.names:
             ok = [r["conns_per_s"] for r in rows if r["server"] == name and r.get("ok")]
             if ok:
                 med[name] = statistics.median(ok)
@@ -138,7 +148,7 @@ def report(args: argparse.Namespace, runs: list[dict], problems: list[str], star
               "| server | conns/s median (min-max) | server CPU µs/conn | server CPU % "
               "| client CPU % | conn time p50 / p99 ms | vs best peer |",
               "|---|---|---|---|---|---|---|"]
-        for name in args.servers:
+        for name in args.names:
             mine = [r for r in rows if r["server"] == name]
             ok = [r for r in mine if r.get("ok")]
             if not mine:
@@ -152,7 +162,9 @@ def report(args: argparse.Namespace, runs: list[dict], problems: list[str], star
             client = statistics.median(r["cpu_pct"] for r in ok)
             p50 = statistics.median(r["conn_p50_us"] for r in ok)
             p99 = statistics.median(r["conn_p99_us"] for r in ok)
-            others = [v for n, v in med.items() if n != name]
+            # A fastws row against the peers only (not against another tree's fastws).
+            others = [v for n, v in med.items()
+                      if n != name and not (name.startswith("fastws") and n.startswith("fastws"))]
             vs = f"{rate[0] / max(others):.2f}x" if others else "-"
             failed = f" ({len(mine) - len(ok)} failed)" if len(ok) < len(mine) else ""
             flag = " ⚠" if client > 90 and not same else ""
@@ -181,7 +193,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--placement", choices=["cross", "same"], default="cross")
     ap.add_argument("--output", help="also write the markdown here, and the raw runs as .json")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                    help="also run the fastws of this source tree, as \"fastws NAME\"")
     args = ap.parse_args()
+    trees = dict(item.split("=", 1) for item in args.tree)
+    trees = {name: os.path.abspath(path) for name, path in trees.items()}
+    args.names = args.servers + [f"fastws {name}" for name in trees]
     args.argv = sys.argv[1:]
     run.place(args.placement)
     run.raise_nofile()
@@ -194,7 +211,7 @@ def main() -> None:
     problems: list[str] = []
     for transport in args.transports:
         tls = transport == "tls"
-        specs = server_specs(args.servers, cert if tls else None, key if tls else None)
+        specs = server_specs(args.servers, cert if tls else None, key if tls else None, trees)
         live = [run.Server(spec, build) for spec in specs]
         try:
             for rep in range(args.repeat):
