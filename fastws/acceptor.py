@@ -73,15 +73,19 @@ class Acceptor:
         self._accepted = accepted
         self._may_resume = may_resume
         self.accepting = True
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         loop.add_reader(sock, self._on_acceptable)
 
     def _on_acceptable(self) -> None:
         listener = self.sock
         if listener is None:
             return
+        family, type_, proto = self._kind
         for _ in range(ACCEPTS_PER_EVENT):
             try:
-                sock, peername = listener.accept()
+                # socket.accept() without its wrapper, which converts the family and type
+                # of every new socket to enums: measurable in a connection storm.
+                fd, peername = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -94,6 +98,7 @@ class Acceptor:
                 if exc.errno in _PEER_GONE:
                     continue
                 raise
+            sock = socket.socket(family, type_, proto, fileno=fd)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:

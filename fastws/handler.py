@@ -11,6 +11,7 @@ naming the closest callback: such a method would never be called.
 from __future__ import annotations
 
 import difflib
+import inspect
 import warnings
 from typing import TYPE_CHECKING
 
@@ -104,7 +105,13 @@ _checked: set[type] = set()
 
 
 def check_handler(handler: object) -> None:
-    """Warn once per class about `on_*` methods that no connection will ever call."""
+    """Refuse a function (a handler is an object with on_* methods); warn once per class
+    about `on_*` methods that no connection will ever call."""
+    if inspect.isroutine(handler):
+        raise TypeError(
+            f"the handler must be an object with on_* callbacks (see fastws.Handler), not the "
+            f"function {getattr(handler, '__qualname__', handler)!r}; an `async def "
+            f"handler(ws)` coroutine function is fastws.asyncio's awaitable form")
     kind = type(handler)
     if kind in _checked:
         return

@@ -35,11 +35,11 @@ _UNSAFE_IN_VALUE = re.compile(r"[\r\n\x00]")
 _TARGET = re.compile(r"[\x21-\x7e]+")
 
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    return _PHRASES.get(status, "Unknown")
 
 
 def _is_bodyless_status(status: int) -> bool:
@@ -75,9 +75,10 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append one header line, keeping any earlier ones with the same name."""
         self._pairs.append((name, value))
-        values = self._index.get(name.lower())
+        key = name.lower()
+        values = self._index.get(key)
         if values is None:
-            self._index[name.lower()] = [value]
+            self._index[key] = [value]
         else:
             values.append(value)
 

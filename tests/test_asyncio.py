@@ -287,6 +287,8 @@ def test_server_transport_choice(aio):
             await fa.serve(echo, "127.0.0.1", 0, transport="socket")
         with pytest.raises(ValueError, match="transport must be"):
             await fa.serve(Echo(), "127.0.0.1", 0, transport="epoll")
+        with pytest.raises(TypeError, match="not the function"):    # def, not async def
+            await fa.serve(lambda ws: None, "127.0.0.1", 0)
 
     aio(main())
 

@@ -333,6 +333,20 @@ def test_a_misspelled_callback_is_warned_about():
             fastws.serve(OnMessage(), "127.0.0.1", 0, loop=loop).close()
 
 
+def test_a_function_is_refused_as_a_handler():
+    """A handler is an object with on_* methods: a function (sync or async) would serve
+    connections that nothing answers, so serve() and connect() say so at once."""
+    async def coroutine(ws):
+        pass
+
+    with fastws.Loop() as loop:
+        for handler in (lambda conn: None, coroutine, print):
+            with pytest.raises(TypeError, match="on_\\* callbacks .*awaitable form"):
+                fastws.serve(handler, "127.0.0.1", 0, loop=loop)
+            with pytest.raises(TypeError, match="on_\\* callbacks"):
+                fastws.connect("ws://127.0.0.1:9/", handler, loop=loop)
+
+
 def test_the_handler_base_class_has_every_callback():
     names = {name for name in dir(fastws.Handler) if name.startswith("on_")}
     assert names == set(fastws.handler.CALLBACKS)
