@@ -341,9 +341,9 @@ def test_a_function_is_refused_as_a_handler():
 
     with fastws.Loop() as loop:
         for handler in (lambda conn: None, coroutine, print):
-            with pytest.raises(TypeError, match="on_\\* callbacks .*awaitable form"):
+            with pytest.raises(TypeError, match=r"on_\* callbacks .*awaitable form"):
                 fastws.serve(handler, "127.0.0.1", 0, loop=loop)
-            with pytest.raises(TypeError, match="on_\\* callbacks"):
+            with pytest.raises(TypeError, match=r"on_\* callbacks"):
                 fastws.connect("ws://127.0.0.1:9/", handler, loop=loop)
 
 
