@@ -251,7 +251,9 @@ class Loop:
         callback: Callback,
         args: tuple[object, ...],
     ) -> None:
+        """add_reader/add_writer on a selector other than EpollDispatcher (its add())."""
         selector = self._check_open()
+        assert not isinstance(selector, EpollDispatcher)
         key = _registered(selector, fd)
         if key is not None and key.fileobj is not fd and _is_dead(key.fileobj):
             # The registered object was closed (or detached) without being removed and the kernel
@@ -287,7 +289,7 @@ class Loop:
             callbacks.writer_args = args
 
     @staticmethod
-    def _forget(selector: Selector, fd: FileDescriptorLike) -> None:
+    def _forget(selector: selectors.BaseSelector, fd: FileDescriptorLike) -> None:
         try:
             key = selector.unregister(fd)
         except (KeyError, ValueError, OSError):
@@ -297,7 +299,9 @@ class Loop:
         callbacks.reader_args = callbacks.writer_args = ()
 
     def _remove(self, fd: FileDescriptorLike, event: int) -> bool:
+        """remove_reader/remove_writer on a selector other than EpollDispatcher (its remove())."""
         selector = self._check_open()
+        assert not isinstance(selector, EpollDispatcher)
         key = _registered(selector, fd)
         if key is None:
             return False
@@ -329,18 +333,32 @@ class Loop:
 
     def add_reader(self, fd: FileDescriptorLike, callback: Callback, *args: object) -> None:
         """Call ``callback(*args)`` whenever ``fd`` is readable; replaces an earlier reader."""
-        self._add(fd, _EVENT_READ, callback, args)
+        selector = self._selector
+        if type(selector) is EpollDispatcher:
+            selector.add(fd, _EVENT_READ, callback, args)
+        else:
+            self._add(fd, _EVENT_READ, callback, args)
 
     def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop watching ``fd`` for reading; ``False`` if it had no reader. Safe after close."""
+        selector = self._selector
+        if type(selector) is EpollDispatcher:
+            return selector.remove(fd, _EVENT_READ)
         return self._remove(fd, _EVENT_READ)
 
     def add_writer(self, fd: FileDescriptorLike, callback: Callback, *args: object) -> None:
         """Call ``callback(*args)`` whenever ``fd`` is writable; replaces an earlier writer."""
-        self._add(fd, _EVENT_WRITE, callback, args)
+        selector = self._selector
+        if type(selector) is EpollDispatcher:
+            selector.add(fd, _EVENT_WRITE, callback, args)
+        else:
+            self._add(fd, _EVENT_WRITE, callback, args)
 
     def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop watching ``fd`` for writing; ``False`` if it had no writer. Safe after close."""
+        selector = self._selector
+        if type(selector) is EpollDispatcher:
+            return selector.remove(fd, _EVENT_WRITE)
         return self._remove(fd, _EVENT_WRITE)
 
     # -- timers and callbacks ------------------------------------------------------------------
