@@ -66,7 +66,10 @@ def test_the_relay_without_redis(tmp_path, loop):
         conns = [fastws.connect(url + room, member, loop=loop)
                  for member, room in zip(people, ["tea", "tea", "coffee"], strict=True)]
         run_until(loop, lambda: all(c.is_open for c in conns))
+        # Two senders on two connections: the second sends once the first was relayed,
+        # since nothing orders messages that race in on different sockets.
         conns[0].send_text('{"user": "ann", "text": "hi"}')
+        run_until(loop, lambda: len(people[0].texts) == len(people[1].texts) == 1)
         conns[1].send_text("not json, relayed anyway")
         run_until(loop, lambda: len(people[0].texts) == len(people[1].texts) == 2)
         # Verbatim, to the whole room, the sender included, in order; not to other rooms.
