@@ -65,6 +65,9 @@ class ProtocolError(Exception):
 cdef tuple _OPCODES = tuple(OpCode(i) if i in OpCode._value2member_map_ else i
                             for i in range(16))
 cdef bytes _EMPTY = b""
+# Close code number -> CloseCode member: a dict lookup, not an enum call (about 1 us),
+# for every close frame received.
+cdef dict _CLOSE_CODES = dict(CloseCode._value2member_map_)
 
 # Received frames up to this size get their bytes object allocated whole from the
 # header; a larger one grows as its data actually arrives, so that a forged length
@@ -305,11 +308,7 @@ def parse_close(data):
         raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
     if not fastws_utf8_valid(<const uint8_t *>PyBytes_AS_STRING(payload) + 2, n - 2):
         raise ProtocolError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8")
-    try:
-        code = CloseCode(code)
-    except ValueError:
-        pass
-    return code, payload[2:].decode("utf-8")
+    return _CLOSE_CODES.get(code, code), payload[2:].decode("utf-8")
 
 
 def close_payload(code, reason=""):

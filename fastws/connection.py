@@ -34,7 +34,7 @@ from .handshake import HandshakeError, check_request
 from .http import HttpError, Request, Response
 from .http1 import ServerConversation
 from .limits import Limits
-from .stages import AutoPong, Consolidate, Stage, StageChain
+from .stages import Stage, StageChain
 from .topics import Subscriber
 
 if TYPE_CHECKING:
@@ -79,8 +79,12 @@ class Connection(ConnectionBase, Subscriber):
         self.error: BaseException | None = None   # why a connection failed before or during use
         self.close_code: int | None = None        # what on_closed reports
         self.close_reason = ""
-        self._handler: Any = None
-        self.handler = handler
+        if server is None:
+            self.handler = handler
+        else:
+            # serve() checked the server's handler once; a connection need not again.
+            self._handler = handler
+            self._on_frame = getattr(handler, "on_frame", None)
         self._phase = Phase.TLS_HANDSHAKE if ssl_context is not None else (
             Phase.OPENING_HANDSHAKE if is_client else Phase.HTTP)
         # The transport moves the bytes and reports back to this connection (see
@@ -108,7 +112,9 @@ class Connection(ConnectionBase, Subscriber):
         self._handshake_timer: TimerHandle | None = None   # the opening handshake's deadline
         self._idle_timer: TimerHandle | None = None        # an idle HTTP keep-alive connection's
         if limits.handshake_timeout is not None:
-            self._handshake_timer = self.call_later(limits.handshake_timeout,
+            # The loop's timer, not self.call_later's guarded one: the callback checks the
+            # state itself, and closing cancels it.
+            self._handshake_timer = loop.call_later(limits.handshake_timeout,
                                                     self._on_handshake_timeout)
 
     # ------------------------------------------------------------------ public API
@@ -590,7 +596,7 @@ class Connection(ConnectionBase, Subscriber):
         protocol.receiver = self
         self._protocol = protocol
         self._chain = StageChain(self, protocol, extension)
-        self._chain.setup(stages if stages is not None else [AutoPong(), Consolidate()])
+        self._chain.setup(stages)
         self._transport.protocol = protocol
         if self.server is not None:
             self.server._connection_upgraded(self)      # into server.connections

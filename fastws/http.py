@@ -63,8 +63,8 @@ class Headers:
         if headers is None:
             return
         pairs: Iterable[tuple[str, str]]
-        if isinstance(headers, Headers):
-            pairs = headers._pairs
+        if isinstance(headers, (Headers, list)):
+            pairs = headers._pairs if isinstance(headers, Headers) else headers
         elif isinstance(headers, Mapping):
             pairs = headers.items()
         else:

@@ -230,11 +230,28 @@ class StageChain:
         self.protocol = protocol
         self.extension = extension          # permessage-deflate, found by find(Deflate)
         self.stages: list[Stage] = conn._stages
-        self.switches: dict[type[Stage], Stage] = {}
+        self._switches: dict[type[Stage], Stage] | None = {}
 
-    def setup(self, stages: Sequence[Stage]) -> None:
-        """Take a chain as `upgrade(stages=...)` gives it: switches on, the rest linked."""
+    @property
+    def switches(self) -> dict[type[Stage], Stage]:
+        switches = self._switches
+        if switches is None:
+            # The default chain's switches, made the first time somebody looks for them.
+            switches = self._switches = {AutoPong: AutoPong(), Consolidate: Consolidate()}
+        return switches
+
+    def setup(self, stages: Sequence[Stage] | None) -> None:
+        """Take a chain as `upgrade(stages=...)` gives it: switches on, the rest linked.
+
+        None is the default chain, [AutoPong(), Consolidate()], set up without an object per
+        connection (a connection storm makes thousands a second): both switches on, the
+        message limit the connection's own."""
         protocol = self.protocol
+        if stages is None:
+            protocol.auto_pong = protocol.reassemble = True
+            protocol.max_message_size = self.conn.limits.max_message_size
+            self._switches = None
+            return
         protocol.auto_pong = protocol.reassemble = False
         for stage in stages:
             self.add(stage, len(self.stages))

@@ -348,8 +348,9 @@ class Topics:
 
     def forget(self, conn: Connection) -> None:
         """`conn` closed: leave every topic."""
-        for topic in list(conn._topic_names):
-            self.unsubscribe(conn, topic)
+        if conn._topic_names:
+            for topic in list(conn._topic_names):
+                self.unsubscribe(conn, topic)
         number = conn._topic_number
         if number:
             self._by_number.pop(number, None)

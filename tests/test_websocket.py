@@ -454,3 +454,24 @@ def test_sending_to_a_reset_peer_closes_with_1006(start_server, raw_client):
     assert recorder.closed == [(1006, recorder.closed[0][1])]
     assert recorder.closed[0][1].startswith("connection lost")
     assert isinstance(recorder.conns[0].error, OSError)
+
+
+def test_the_default_chain_has_its_switches(start_server, raw_client):
+    """The default chain is set up without stage objects, but it is [AutoPong(),
+    Consolidate()] to whoever looks: found, and removable (pings then reach the handler)."""
+    recorder = Recorder()
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    wait_for(lambda: recorder.upgraded)
+    conn = recorder.conns[0]
+    assert isinstance(conn.find_stage(AutoPong), AutoPong)
+    assert isinstance(conn.find_stage(Consolidate), Consolidate)
+    client.send(OpCode.PING, b"answered")
+    assert client.recv_frame().data == b"answered"           # the protocol's pong
+    removed = []
+    conn.loop.call_soon_threadsafe(lambda: removed.append(conn.remove_stage(AutoPong)))
+    wait_for(lambda: removed)
+    assert conn.find_stage(AutoPong) is None
+    client.send(OpCode.PING, b"for the handler")
+    wait_for(lambda: any(f.opcode == OpCode.PING for f in recorder.frames))
+    assert [f.data for f in recorder.frames if f.opcode == OpCode.PING] == [b"for the handler"]
