@@ -154,11 +154,12 @@ def accept(
             ("Sec-WebSocket-Accept", accept_key(key)),
         ],
     )
-    offered = _list_elements(request.headers.get_all("sec-websocket-protocol"))
-    for subprotocol in subprotocols:
-        if subprotocol in offered:
-            response.headers.add("Sec-WebSocket-Protocol", subprotocol)
-            break
+    if subprotocols:
+        offered = _list_elements(request.headers.get_all("sec-websocket-protocol"))
+        for subprotocol in subprotocols:
+            if subprotocol in offered:
+                response.headers.add("Sec-WebSocket-Protocol", subprotocol)
+                break
     if headers:
         for name, value in Headers(headers):
             response.headers.add(name, value)

@@ -31,7 +31,12 @@ def main():
     meter = Meter(args.size, args.inflight, args.duration, args.warmup)
     client = Client(meter, loop)
     limit = max(args.size * 2, 4 * 1024 * 1024)
-    fastws.connect(args.url, client, loop=loop, max_frame_size=limit, max_message_size=limit)
+    # It sends its whole window at once without waiting for on_resume_writing: the write cap
+    # (default 8 MiB, which 16 x 1 MiB passes) must hold the window, or the client fails
+    # itself with 1008 whenever the server is slow to read.
+    window = max(2 * args.inflight * args.size, 8 * 1024 * 1024)
+    fastws.connect(args.url, client, loop=loop, max_frame_size=limit, max_message_size=limit,
+                   max_write_buffer=window)
     loop.call_later(args.warmup + args.duration + 30, loop.stop)   # safety net
     loop.run()
     meter.report("fastws", close_code=client.closed_code)
