@@ -73,6 +73,10 @@ cdef class FrameParser:
     cdef uint32_t _utf8_state
 
     cdef int feed_c(self, const uint8_t *data, Py_ssize_t length) except -1
+    # A large payload read straight into its bytes object (see payload_room)
+    cdef Py_ssize_t payload_room(self, uint8_t **dst) noexcept
+    cdef int payload_filled(self, Py_ssize_t length, const uint8_t *rest,
+                            Py_ssize_t rest_length) except -1
     cdef int _parse(self, const uint8_t *data, Py_ssize_t length) except -1
     cdef int _start_frame(self, const uint8_t *header) except -1
     cdef int _check_text(self, const uint8_t *data, Py_ssize_t length, bint last) except -1

@@ -73,6 +73,9 @@ cdef dict _CLOSE_CODES = dict(CloseCode._value2member_map_)
 # header; a larger one grows as its data actually arrives, so that a forged length
 # field cannot make us reserve memory the peer never sends.
 cdef Py_ssize_t _EAGER_ALLOC_LIMIT = 16 * 1024 * 1024
+# A payload is read straight into its bytes object when at least this much of it is missing
+# (a smaller rest is not worth the two-part read).
+cdef Py_ssize_t _DIRECT_READ_MIN = 64 * 1024
 
 cdef enum:
     ST_HEADER = 0

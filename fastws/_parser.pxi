@@ -104,6 +104,43 @@ cdef class FrameParser:
                 raise
         return self._parse(data, length)
 
+    cdef Py_ssize_t payload_room(self, uint8_t **dst) noexcept:
+        """Where the next bytes may be read straight to: inside a large frame's payload, the
+        free space of its bytes object from the next byte on (at most the rest of the frame),
+        else 0. Reading there and calling payload_filled() saves copying the bytes out of a
+        read buffer (for a 1 MiB message, most of it)."""
+        if self._state != ST_PAYLOAD or self._backlog is not None:
+            return 0
+        cdef Py_ssize_t room = <Py_ssize_t>min(self._length - <uint64_t>self._filled,
+                                               <uint64_t>(self._capacity - self._filled))
+        if room < _DIRECT_READ_MIN:
+            return 0
+        dst[0] = <uint8_t *>PyBytes_AS_STRING(self._payload) + self._filled
+        return room
+
+    cdef int payload_filled(self, Py_ssize_t n, const uint8_t *rest,
+                            Py_ssize_t rest_n) except -1:
+        """`n` bytes were read into the room payload_room() gave, and `rest_n` more (the
+        next frames; the same read filled the room first) to `rest`: unmask the first in
+        place and go on as feed_c() would have with all of them."""
+        cdef bytes payload
+        cdef uint8_t *dst = <uint8_t *>PyBytes_AS_STRING(self._payload) + self._filled
+        if self._masked:
+            fastws_mask_copy(dst, dst, <size_t>n, self._key, <size_t>self._filled)
+        if self._frame_text and self._check_text(
+                dst, n, <uint64_t>(self._filled + n) == self._length):
+            return 0
+        self._filled += n
+        if <uint64_t>self._filled == self._length:
+            payload = self._payload
+            self._payload = None
+            self._filled = self._capacity = 0
+            self._state = ST_HEADER
+            self._emit(payload, rest, 0, rest_n)      # keeps the rest if a callback raises
+        if rest_n:
+            return self._parse(rest, rest_n)
+        return 0
+
     cdef int _parse(self, const uint8_t *data, Py_ssize_t n) except -1:
         cdef Py_ssize_t pos = 0, take, size
         cdef const uint8_t *header

@@ -58,6 +58,7 @@ cdef extern from *:
     """
     #include <errno.h>
     #include <sys/socket.h>
+    #include <sys/uio.h>
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
     #endif
@@ -76,6 +77,7 @@ cdef extern from *:
     ssize_t c_recv "recv" (int fd, void *buf, size_t n, int flags) nogil
     ssize_t c_send "send" (int fd, const void *buf, size_t n, int flags) nogil
     ssize_t c_sendmsg "sendmsg" (int fd, const msghdr *msg, int flags) nogil
+    ssize_t c_readv "readv" (int fd, const iovec *iov, int iovcnt) nogil
 
 cdef enum:
     READ_SIZE = 256 * 1024
@@ -291,10 +293,25 @@ cdef class Transport(Sink):
         if buffer is None:
             buffer = self._read_buffer = _thread_buffer("read", READ_SIZE)
         cdef char *data = PyByteArray_AS_STRING(buffer)
+        cdef Protocol protocol = self.protocol
+        cdef uint8_t *room = NULL
+        cdef Py_ssize_t direct = 0
+        cdef iovec parts[2]
+        if protocol is not None and not self._discarding:
+            direct = protocol.payload_room(&room)
         cdef ssize_t n
         cdef int err
         while True:
-            n = c_recv(self._fd, data, <size_t>PyByteArray_GET_SIZE(buffer), 0)
+            if direct:
+                # Inside a large frame: one read fills the rest of its payload where it
+                # belongs, then the read buffer with what follows it.
+                parts[0].iov_base = room
+                parts[0].iov_len = <size_t>direct
+                parts[1].iov_base = data
+                parts[1].iov_len = <size_t>PyByteArray_GET_SIZE(buffer)
+                n = c_readv(self._fd, parts, 2)
+            else:
+                n = c_recv(self._fd, data, <size_t>PyByteArray_GET_SIZE(buffer), 0)
             if n >= 0:
                 break
             err = errno
@@ -308,7 +325,7 @@ cdef class Transport(Sink):
         if n == 0:
             self._eof()
         else:
-            self._received(buffer, <const uint8_t *>data, n)
+            self._received(buffer, <const uint8_t *>data, n, min(n, direct))
 
     cdef int _read_tls(self) except -1:
         cdef bytearray buffer = self._read_buffer
@@ -333,7 +350,10 @@ cdef class Transport(Sink):
             if self.closed or self._reading_paused or not sock.pending():
                 return 0
 
-    cdef int _received(self, bytearray buffer, const uint8_t *data, Py_ssize_t n) except -1:
+    cdef int _received(self, bytearray buffer, const uint8_t *data, Py_ssize_t n,
+                       Py_ssize_t direct=0) except -1:
+        # The first `direct` of the `n` bytes went to the protocol's payload_room(), the rest
+        # to `data`.
         self.bytes_received += n
         if self._discarding:
             return 0
@@ -344,7 +364,10 @@ cdef class Transport(Sink):
                        and self._loop_polls and not self.loop._busy)
         try:
             if self.protocol is not None:
-                self.protocol.feed_c(data, n)
+                if direct:
+                    self.protocol.payload_filled(direct, data, n - direct)
+                else:
+                    self.protocol.feed_c(data, n)
             else:
                 with memoryview(buffer) as view:
                     self.listener.data_received(view[:n])

@@ -3,6 +3,7 @@
 Each test runs in the clear and under TLS (the `transport` fixture).
 """
 
+import os
 import socket
 import struct
 import time
@@ -11,7 +12,7 @@ import pytest
 from conftest import Recorder, run_until, wait_for
 
 import fastws
-from fastws import AutoPing, AutoPong, CloseCode, Consolidate, Frame, OpCode, Stage
+from fastws import AutoPing, AutoPong, CloseCode, Consolidate, Frame, OpCode, Stage, encode_frame
 
 # Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
 pytestmark = pytest.mark.usefixtures("chain")
@@ -475,3 +476,27 @@ def test_the_default_chain_has_its_switches(start_server, raw_client):
     client.send(OpCode.PING, b"for the handler")
     wait_for(lambda: any(f.opcode == OpCode.PING for f in recorder.frames))
     assert [f.data for f in recorder.frames if f.opcode == OpCode.PING] == [b"for the handler"]
+
+
+def test_large_payloads_arrive_whole_and_checked(start_server, raw_client):
+    """Payloads of 64 KiB and more are read straight into their bytes object (no read buffer
+    in between, fastws/_parser.pxi payload_room): every byte must still be unmasked, in order,
+    across reads that end anywhere; text still checked as its bytes arrive."""
+    recorder = Recorder(echo=True)
+    server = start_server(recorder)
+    client = raw_client(server.port)
+    big = os.urandom(3 * 1024 * 1024 + 7)            # many reads, an odd end
+    client.send(OpCode.BINARY, big)
+    assert client.recv_message().data == big
+    text = ("é" * 300_000 + "end").encode()            # 2-byte characters split across reads
+    client.send(OpCode.TEXT, text[:200_001], fin=False)
+    client.send(OpCode.CONTINUATION, text[200_001:])
+    assert client.recv_message().data == text
+    # Back to back, so that one read ends a payload and begins the frames after it.
+    burst = [os.urandom(n) for n in (300_000, 10, 700_001, 65_536, 3, 1_000_000)]
+    client.send_raw(b"".join(encode_frame(OpCode.BINARY, data, True, 0, 0x1234567 * i + 1)
+                             for i, data in enumerate(burst)))
+    assert [client.recv_message().data for _ in burst] == burst
+    # Invalid UTF-8 far inside a large frame: 1007 at once, not at the frame's end.
+    client.send(OpCode.TEXT, b"a" * 500_000 + b"\xff" + b"a" * 500_000)
+    assert client.expect_close()[0] == CloseCode.INVALID_DATA
