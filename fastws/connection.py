@@ -80,11 +80,8 @@ class Connection(ConnectionBase, Subscriber):
         self.close_code: int | None = None        # what on_closed reports
         self.close_reason = ""
         if server is None:
-            self.handler = handler
-        else:
-            # serve() checked the server's handler once; a connection need not again.
-            self._handler = handler
-            self._on_frame = getattr(handler, "on_frame", None)
+            check_handler(handler)    # serve() checked its handler once, for every connection
+        self._use_handler(handler)
         self._phase = Phase.TLS_HANDSHAKE if ssl_context is not None else (
             Phase.OPENING_HANDSHAKE if is_client else Phase.HTTP)
         # The transport moves the bytes and reports back to this connection (see
@@ -127,6 +124,9 @@ class Connection(ConnectionBase, Subscriber):
     @handler.setter
     def handler(self, handler: Any) -> None:
         check_handler(handler)
+        self._use_handler(handler)
+
+    def _use_handler(self, handler: Any) -> None:
         self._handler = handler
         self._on_frame = getattr(handler, "on_frame", None)
 

@@ -189,18 +189,8 @@ class _MessageParser:
         if self._head_size > self._max_header_size:
             raise self._fail(431, self._head_too_large())
         if self._in_head:
-            # latin-1 maps bytes to code points one to one: nothing is lost or rejected.
-            # Headers.add inlined: this runs for every header line of every request.
-            text = name.decode("latin-1")
-            value_text = value.decode("latin-1")
-            headers = self._headers
-            headers._pairs.append((text, value_text))
-            key = text.lower()
-            values = headers._index.get(key)
-            if values is None:
-                headers._index[key] = [value_text]
-            else:
-                values.append(value_text)
+            # latin-1 maps bytes to code points one to one: nothing is lost or rejected
+            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
         # trailers (after a chunked body) count against the limits but are dropped
 
     def on_headers_complete(self) -> None:
@@ -372,7 +362,7 @@ class RequestParser(_MessageParser):
                 raise self._fail(400, "the request line has no HTTP version")
             raise self._fail(505, f"HTTP/{version} is not supported")
         headers = self._headers
-        hosts = len(headers._index.get("host", ()))
+        hosts = len(headers.get_all("host"))
         # RFC 9112 3.2: which host a request is for must not be left to guesswork
         if hosts > 1:
             raise self._fail(400, "more than one Host header")

@@ -376,13 +376,7 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callback, *args: object) -> Timer:
         """Run ``callback(*args)`` after ``delay`` seconds."""
-        # call_at's body, not a call to it: every connection arms a timer or two.
-        if self._selector is None:
-            raise RuntimeError("fastws Loop is closed")
-        when = _time.monotonic() + delay
-        timer = Timer(when, callback, args, self)
-        heapq.heappush(self._timers, (when, next(self._sequence), timer))
-        return timer
+        return self.call_at(_time.monotonic() + delay, callback, *args)
 
     def call_soon(self, callback: Callback, *args: object) -> Timer:
         """Run ``callback(*args)`` on the next iteration, after those already queued."""

@@ -246,12 +246,11 @@ class StageChain:
         None is the default chain, [AutoPong(), Consolidate()], set up without an object per
         connection (a connection storm makes thousands a second): both switches on, the
         message limit the connection's own."""
-        protocol = self.protocol
         if stages is None:
-            protocol.auto_pong = protocol.reassemble = True
-            protocol.max_message_size = self.conn.limits.max_message_size
             self._switches = None
+            self._apply_switches()
             return
+        protocol = self.protocol
         protocol.auto_pong = protocol.reassemble = False
         for stage in stages:
             self.add(stage, len(self.stages))
@@ -316,10 +315,15 @@ class StageChain:
 
     def _apply_switches(self) -> None:
         protocol = self.protocol
-        protocol.auto_pong = AutoPong in self.switches
-        consolidate = self.switches.get(Consolidate)
-        protocol.reassemble = consolidate is not None
-        limit = getattr(consolidate, "max_message_size", None)
+        switches = self._switches
+        if switches is None:        # the default chain, not made yet: both on, no own limit
+            protocol.auto_pong = protocol.reassemble = True
+            limit = None
+        else:
+            protocol.auto_pong = AutoPong in switches
+            consolidate = switches.get(Consolidate)
+            protocol.reassemble = consolidate is not None
+            limit = getattr(consolidate, "max_message_size", None)
         protocol.max_message_size = (limit if limit is not None
                                      else self.conn.limits.max_message_size)
 
