@@ -18,7 +18,7 @@ INCLUDE = os.path.join(HERE, "include")
 
 EXTENSIONS = ["fastws._codec", "fastws._protocol", "fastws._transport", "fastws._connection",
               "fastws._poll", "fastws._inbox", "fastws._fanout", "fastws._asyncio_transport",
-              "fastws._asyncio_websocket"]
+              "fastws._asyncio_websocket", "fastws._http_head"]
 
 
 def extension(name: str) -> Extension:

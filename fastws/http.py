@@ -72,6 +72,14 @@ class Headers:
         for name, value in pairs:
             self.add(name, value)
 
+    @classmethod
+    def _parsed(cls, pairs: list[tuple[str, str]], index: dict[str, list[str]]) -> Headers:
+        """Headers made of a parser's own list of pairs and lower-cased index (no copy)."""
+        headers = cls.__new__(cls)
+        headers._pairs = pairs
+        headers._index = index
+        return headers
+
     def add(self, name: str, value: str) -> None:
         """Append one header line, keeping any earlier ones with the same name."""
         self._pairs.append((name, value))

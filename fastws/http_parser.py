@@ -13,6 +13,7 @@ from typing import Any
 
 import httptools
 
+from ._http_head import parse_plain_get
 from .http import (
     BytesLike,
     Headers,
@@ -247,6 +248,7 @@ class RequestParser(_MessageParser):
         "_upgrade_request",
         "_upgrade_body",
         "_upgrade_body_length",
+        "_plain_heads",
     )
 
     _kind = "request"
@@ -272,6 +274,8 @@ class RequestParser(_MessageParser):
         self._upgrade_request: Request | None = None
         self._upgrade_body = bytearray()
         self._upgrade_body_length = 0
+        # Plain GET heads are parsed in C until a request (or part of one) goes to llhttp.
+        self._plain_heads = True
 
     def feed(self, data: BytesLike) -> list[Request]:
         """Parse `data`; return the requests it completed, in order (often none or one)."""
@@ -283,12 +287,42 @@ class RequestParser(_MessageParser):
             return self._feed_upgrade_body(memoryview(data))
         if self._closed:
             return []
+        plain: list[Request] = []
+        if self._plain_heads:
+            plain, rest = self._take_plain_heads(data)
+            if rest is None:
+                return plain
+            data = rest
+            self._plain_heads = False   # llhttp has the connection from here on
         offset = self._parse(data)
         if offset is not None:
-            return self._stop_at_upgrade(data, offset)
+            return plain + self._stop_at_upgrade(data, offset)
         completed = self._completed
         self._completed = []
-        return completed
+        return plain + completed if plain else completed
+
+    def _take_plain_heads(self, data: BytesLike) -> tuple[list[Request], BytesLike | None]:
+        """The plain GET requests at the start of `data`, parsed in one C pass
+        (fastws._http_head), and the bytes left for llhttp (None when there are none)."""
+        requests: list[Request] = []
+        end = 0
+        while True:
+            found = parse_plain_get(data, end, self._max_request_line, self._max_header_size,
+                                    self._max_headers)
+            if found is None:
+                return requests, (memoryview(data)[end:] if end else data)
+            end, target, pairs, index = found
+            request = Request("GET", target, Headers._parsed(pairs, index))
+            requests.append(request)
+            if request.upgrade:
+                self.upgraded = True
+                self.tail = bytes(memoryview(data)[end:])
+                return requests, None
+            if not request.keep_alive:
+                self._closed = True     # what follows is no request of ours (RFC 9112 9.6)
+                return requests, None
+            if end == len(data):
+                return requests, None
 
     @property
     def in_message(self) -> bool:

@@ -578,3 +578,141 @@ def test_response_errors(data: bytes, limits: dict[str, int]) -> None:
     assert caught.value.status == 0
     with pytest.raises(RuntimeError):
         caught.value.response()
+
+
+# The C pass over plain GET heads (fastws._http_head) against llhttp
+
+PLAIN_UPGRADE = (
+    b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com:8080\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Origin: http://example.com\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+PLAIN_GETS = b"GET /a HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\nGET /b?x HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def outcome(data: bytes, plain_heads: bool, limits: Limits | None = None) -> tuple:
+    """What a user of RequestParser sees for `data` fed at once: the requests, field by field
+    (header names with their case), where it stopped, or the error's status."""
+    limits = limits or Limits()
+    parser = RequestParser(max_request_line=limits.max_request_line,
+                           max_header_size=limits.max_header_size,
+                           max_headers=limits.max_headers)
+    parser._plain_heads = plain_heads
+    try:
+        requests = parser.feed(data)
+    except HttpError as exc:
+        return ("error", exc.status)
+    fields = [(r.method, r.target, r.path, r.query, r.version, r.headers.items(),
+               r.headers._index, r.body, r.keep_alive, r.upgrade) for r in requests]
+    return ("ok", fields, parser.upgraded, parser.tail, parser.in_message)
+
+
+def took_plain(data: bytes, limits: Limits | None = None) -> bool:
+    from fastws._http_head import parse_plain_get
+
+    limits = limits or Limits()
+    return parse_plain_get(data, 0, limits.max_request_line, limits.max_header_size,
+                           limits.max_headers) is not None
+
+
+TRICKY_HEADS = [
+    PLAIN_UPGRADE,
+    PLAIN_UPGRADE + FRAME,
+    PLAIN_GETS,
+    PLAIN_GETS + b"POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+    PLAIN_GETS + b"GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /d HTTP/1.1\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGARBAGE",
+    b"GET / HTTP/1.1\r\nHost: a \t \r\nX-A:\t b  c \r\nX-E:\r\nX-F:   \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\tb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: caf\xe9\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: \x7f\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\nX-B: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A : a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+    b"get / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n",
+    b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /a?b?c#d#e HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /# HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /?#?# HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET //x@y:z/%zz%/[::1]{}|\\^` HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nProxy-Connection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade:\r\nConnection: upgrade\r\n\r\n" + FRAME,
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n" + FRAME,
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n",
+] + [
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: " + value + b"\r\n\r\n"
+    + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+    for value in (b"Upgrade", b"upgrade, keep-alive", b"keep-alive,upgrade", b"close, Upgrade",
+                  b"upgrade x", b"upgradex", b"upgrade,,", b", upgrade", b"Upgrade ;q=1",
+                  b"keep-alive", b"close", b"CLOSE", b"x-close", b"", b"\tupgrade\t")
+] + [
+    b"GET /" + bytes([c]) + b" HTTP/1.1\r\nHost: h\r\n\r\n" for c in range(0x21, 0x80)
+] + [
+    b"GET / HTTP/1.1\r\nHost: h\r\nX" + bytes([c]) + b"Y: v\r\n\r\n" for c in range(0x20, 0x80)
+] + [
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: a" + bytes([c]) + b"b\r\n\r\n" for c in range(0x100)
+]
+
+
+@pytest.mark.parametrize("data", TRICKY_HEADS)
+def test_plain_get_heads_parse_as_llhttp_parses_them(data: bytes) -> None:
+    assert outcome(data, plain_heads=True) == outcome(data, plain_heads=False)
+
+
+def test_the_plain_pass_takes_the_common_heads() -> None:
+    # Without this the comparison above could pass with the C pass never taken.
+    assert took_plain(PLAIN_UPGRADE)
+    assert took_plain(PLAIN_GETS)
+    assert took_plain(TRICKY_HEADS[6])       # trailing whitespace kept, as llhttp keeps it
+    (request,) = RequestParser().feed(PLAIN_UPGRADE + FRAME)
+    assert request.upgrade and request.headers["sec-websocket-version"] == "13"
+    assert request.headers.items()[0] == ("Host", "example.com:8080")
+    for other in (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\nX-B: b\r\n\r\n",    # bare LF
+                  b"GET / HTTP/1.1\r\n\r\n",                                # no Host
+                  b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",          # two
+                  b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+                  b"POST / HTTP/1.1\r\nHost: h\r\n\r\n",
+                  b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+                  PLAIN_UPGRADE[:-1]):                                     # not all there
+        assert not took_plain(other)
+
+
+@pytest.mark.parametrize("limit", ["max_request_line", "max_header_size", "max_headers"])
+def test_plain_get_heads_meet_the_limits_as_llhttp_does(limit: str) -> None:
+    # At every limit around the real size, both passes accept or refuse (414/431) alike.
+    head = PLAIN_UPGRADE
+    # as RequestParser counts: the request line "GET /chat?room=1 HTTP/1.1" and its CRLF;
+    # the head: each line's name and value + 4, the target + 17 for the rest of the first line
+    lines = [line.partition(b":") for line in head.split(b"\r\n")[1:-2]]
+    head_size = sum(len(name) + len(value.strip()) + 4 for name, _, value in lines) + 12 + 17
+    sizes = {"max_request_line": 27, "max_header_size": head_size, "max_headers": 6}
+    for value in range(sizes[limit] - 3, sizes[limit] + 4):
+        limits = Limits(**{limit: value})
+        assert outcome(head, True, limits) == outcome(head, False, limits), (limit, value)
+    assert took_plain(head, Limits(**{limit: sizes[limit]}))
+    assert not took_plain(head, Limits(**{limit: sizes[limit] - 1}))
+
+
+def test_mutated_plain_heads_parse_as_llhttp_parses_them() -> None:
+    # Every one-byte change of two plain heads (each byte replaced by a few others, deleted,
+    # or doubled): what the C pass accepts must be what llhttp makes of it.
+    seeds = (PLAIN_UPGRADE + FRAME, PLAIN_GETS)
+    taken = 0
+    for seed in seeds:
+        for at in range(len(seed)):
+            variants = [seed[:at] + seed[at + 1:], seed[:at] + seed[at:at + 1] + seed[at:]]
+            variants += [seed[:at] + bytes([c]) + seed[at + 1:]
+                         for c in (0x00, 0x09, 0x0A, 0x0D, 0x20, 0x2C, 0x3A, 0x7F, 0xFF)]
+            for data in variants:
+                assert outcome(data, True) == outcome(data, False), data
+                taken += took_plain(data)
+    assert taken > 1000
