@@ -12,6 +12,7 @@ spaces and tabs and keep their trailing ones, names keep their case.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.string cimport memcmp
 
 # RFC 9110 5.6.2 tchar: what a header name may be made of
 cdef bint TCHAR[256]
@@ -25,19 +26,62 @@ for _c in range(0x20, 0x7F):
 PLAIN[9] = True
 
 
-# Headers whose reading decides where the request ends or what follows it in llhttp's own way:
-# a request with one of them goes to llhttp, as does an odd Connection or an empty Upgrade.
-_LLHTTP_DECIDES = frozenset(("content-length", "transfer-encoding", "proxy-connection"))
-_CONNECTION_TOKENS = frozenset(("upgrade", "keep-alive", "close"))
+# What a header's lower-cased name tells this pass. Content-Length, Transfer-Encoding and
+# Proxy-Connection decide in llhttp's own way where the request ends or what follows it: a
+# request with one of them goes to llhttp, as does an odd Connection or an empty Upgrade.
+cdef enum Kind:
+    OTHER, HOST, CONNECTION, UPGRADE, LLHTTP_DECIDES
+
+# Longer names are rare enough to leave to llhttp.
+cdef enum:
+    MAX_NAME = 64
 
 
-cdef bint _plain_connection(str value):
-    # The tokens both llhttp and fastws.http read alike, so that both agree on keep-alive
-    # and upgrade (RequestParser refuses a request they disagree on).
-    for token in value.lower().split(","):
-        if token.strip(" \t") not in _CONNECTION_TOKENS:
+cdef inline bint _is(const unsigned char *lower, Py_ssize_t size, const char *name,
+                     Py_ssize_t name_size) noexcept:
+    return size == name_size and memcmp(lower, name, size) == 0
+
+
+cdef Kind _kind(const unsigned char *lower, Py_ssize_t size) noexcept:
+    if _is(lower, size, "host", 4):
+        return HOST
+    if _is(lower, size, "connection", 10):
+        return CONNECTION
+    if _is(lower, size, "upgrade", 7):
+        return UPGRADE
+    if (_is(lower, size, "content-length", 14) or _is(lower, size, "transfer-encoding", 17)
+            or _is(lower, size, "proxy-connection", 16)):
+        return LLHTTP_DECIDES
+    return OTHER
+
+
+cdef bint _plain_connection(const unsigned char *p, const unsigned char *end) noexcept:
+    # Only the tokens llhttp and fastws.http read alike (upgrade, keep-alive, close, any case,
+    # comma-separated with optional spaces), so that both agree on keep-alive and upgrade.
+    cdef const unsigned char *token
+    cdef unsigned char lower[10]
+    cdef Py_ssize_t size, i
+    while True:
+        while p < end and (p[0] == b' ' or p[0] == b'\t'):
+            p += 1
+        token = p
+        while p < end and p[0] != b',' and p[0] != b' ' and p[0] != b'\t':
+            p += 1
+        size = p - token
+        if size > 10:
             return False
-    return True
+        for i in range(size):
+            lower[i] = token[i] | 0x20 if b'A' <= token[i] <= b'Z' else token[i]
+        if not (_is(lower, size, "upgrade", 7) or _is(lower, size, "keep-alive", 10)
+                or _is(lower, size, "close", 5)):
+            return False
+        while p < end and (p[0] == b' ' or p[0] == b'\t'):
+            p += 1
+        if p == end:
+            return True
+        if p[0] != b',':
+            return False
+        p += 1
 
 
 cdef inline str _latin1(const unsigned char *at, Py_ssize_t size):
@@ -65,21 +109,24 @@ def parse_plain_get(data, Py_ssize_t start, Py_ssize_t max_request_line,
 cdef object _parse(const unsigned char *buf, Py_ssize_t p, Py_ssize_t n,
                    Py_ssize_t max_request_line, Py_ssize_t max_header_size,
                    Py_ssize_t max_headers):
-    cdef Py_ssize_t target_at, target_size, name_at, name_end, value_at, value_end
+    cdef Py_ssize_t target_at, target_size, name_at, name_size, value_at, value_end, i
     cdef Py_ssize_t size, count = 0, hosts = 0
     cdef unsigned char c
+    cdef unsigned char lower[MAX_NAME]
+    cdef bint upper
+    cdef Kind kind
+    cdef list pairs, values
+    cdef dict index
     if n - p < 16 or buf[p] != b'G' or buf[p + 1] != b'E' or buf[p + 2] != b'T' \
-            or buf[p + 3] != b' ':
-        return None
-    p += 4
-    if buf[p] != b'/':
+            or buf[p + 3] != b' ' or buf[p + 4] != b'/':
         return None     # the origin form only: llhttp has its own rules for the others
+    p += 4
     target_at = p
     while p < n and 0x21 <= buf[p] <= 0x7E:
         p += 1
     target_size = p - target_at
     # "GET" SP target SP "HTTP/1.1" CRLF, counted as RequestParser counts it
-    if target_size == 0 or target_size + 15 > max_request_line or n - p < 11:
+    if target_size + 15 > max_request_line or n - p < 11:
         return None
     if (buf[p] != b' ' or buf[p + 1] != b'H' or buf[p + 2] != b'T' or buf[p + 3] != b'T'
             or buf[p + 4] != b'P' or buf[p + 5] != b'/' or buf[p + 6] != b'1'
@@ -98,10 +145,16 @@ cdef object _parse(const unsigned char *buf, Py_ssize_t p, Py_ssize_t n,
                 return p + 2, _latin1(buf + target_at, target_size), pairs, index
             return None
         name_at = p
-        while p < n and TCHAR[buf[p]]:
+        upper = False
+        while p < n and TCHAR[buf[p]] and p - name_at < MAX_NAME:
+            c = buf[p]
+            if b'A' <= c <= b'Z':
+                c |= 0x20
+                upper = True
+            lower[p - name_at] = c
             p += 1
-        name_end = p
-        if name_end == name_at or p >= n or buf[p] != b':':
+        name_size = p - name_at
+        if name_size == 0 or p >= n or buf[p] != b':':
             return None
         p += 1
         while p < n and (buf[p] == b' ' or buf[p] == b'\t'):
@@ -114,22 +167,23 @@ cdef object _parse(const unsigned char *buf, Py_ssize_t p, Py_ssize_t n,
             return None
         p += 2
         count += 1
-        size += name_end - name_at + value_end - value_at + 4
+        size += name_size + value_end - value_at + 4
         if count > max_headers:
             return None
-        name = _latin1(buf + name_at, name_end - name_at)
-        value = _latin1(buf + value_at, value_end - value_at)
-        key = name.lower()
-        if key == "host":
+        kind = _kind(lower, name_size)
+        if kind == HOST:
             hosts += 1
-        elif key == "connection":
-            if not _plain_connection(value):
+        elif kind == CONNECTION:
+            if not _plain_connection(buf + value_at, buf + value_end):
                 return None
-        elif key == "upgrade":
+        elif kind == UPGRADE:
             if value_end == value_at:
                 return None
-        elif key in _LLHTTP_DECIDES:
+        elif kind == LLHTTP_DECIDES:
             return None
+        name = _latin1(buf + name_at, name_size)
+        key = _latin1(lower, name_size) if upper else name
+        value = _latin1(buf + value_at, value_end - value_at)
         pairs.append((name, value))
         values = index.get(key)
         if values is None:

@@ -80,6 +80,8 @@ class HandshakeError(Exception):
 
 
 def _http_version_at_least_1_1(version: str) -> bool:
+    if version == "1.1":
+        return True
     try:
         major, minor = (int(part) for part in version.split("."))
     except ValueError:

@@ -184,11 +184,9 @@ def _short_repr(body: bytes) -> str:
     return repr(body) if len(body) <= 64 else f"<{len(body)} bytes>"
 
 
-def _wants_upgrade(headers: Headers) -> bool:
+def _names_a_protocol(headers: Headers) -> bool:
     # An empty Upgrade value names no protocol; llhttp agrees and does not stop for it.
-    return "upgrade" in headers.tokens("connection") and any(
-        value.strip() for value in headers.get_all("upgrade")
-    )
+    return any(map(str.strip, headers._index.get("upgrade", ())))
 
 
 class Request:
@@ -233,14 +231,14 @@ class Request:
         self.version = version
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.body = body
+        connection = self.headers.tokens("connection")
         if keep_alive is None:
-            connection = self.headers.tokens("connection")
             if version in ("1.0", "0.9"):
                 keep_alive = "keep-alive" in connection
             else:
                 keep_alive = "close" not in connection
         self.keep_alive = keep_alive
-        self.upgrade = _wants_upgrade(self.headers)
+        self.upgrade = "upgrade" in connection and _names_a_protocol(self.headers)
         self._websocket_key: str | None = None
 
     def encode(self) -> bytes:

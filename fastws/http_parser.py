@@ -75,7 +75,7 @@ class _MessageParser:
 
     def __init__(
         self,
-        parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+        parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None,
         max_header_size: int,
         max_headers: int,
         max_body_size: int,
@@ -121,9 +121,11 @@ class _MessageParser:
 
         Raises the HttpError that a callback or llhttp found (see `_parse_failed`).
         """
+        parser = self._parser
+        assert parser is not None       # made before the first feed
         self._progressed = False
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             return int(upgrade.args[0])
         except httptools.HttpParserError as exc:
@@ -261,9 +263,8 @@ class RequestParser(_MessageParser):
         max_headers: int = _LIMITS.max_headers,
         max_body_size: int = _LIMITS.max_body_size,
     ) -> None:
-        super().__init__(
-            httptools.HttpRequestParser(self), max_header_size, max_headers, max_body_size
-        )
+        # llhttp's parser is made when a request first needs it (most are plain heads)
+        super().__init__(None, max_header_size, max_headers, max_body_size)
         self.upgraded = False
         self.tail = b""
         self._max_request_line = max_request_line
@@ -275,7 +276,7 @@ class RequestParser(_MessageParser):
         self._upgrade_body = bytearray()
         self._upgrade_body_length = 0
         # Plain GET heads are parsed in C until a request (or part of one) goes to llhttp.
-        self._plain_heads = True
+        self._plain_heads = True    # (False: llhttp from the start; tests compare the two)
 
     def feed(self, data: BytesLike) -> list[Request]:
         """Parse `data`; return the requests it completed, in order (often none or one)."""
@@ -288,12 +289,13 @@ class RequestParser(_MessageParser):
         if self._closed:
             return []
         plain: list[Request] = []
-        if self._plain_heads:
-            plain, rest = self._take_plain_heads(data)
-            if rest is None:
-                return plain
-            data = rest
-            self._plain_heads = False   # llhttp has the connection from here on
+        if self._parser is None:
+            if self._plain_heads:
+                plain, rest = self._take_plain_heads(data)
+                if rest is None:
+                    return plain
+                data = rest
+            self._parser = httptools.HttpRequestParser(self)  # it has the connection from here on
         offset = self._parse(data)
         if offset is not None:
             return plain + self._stop_at_upgrade(data, offset)
