@@ -15,6 +15,13 @@ from fastws._codec cimport OP_BINARY, OP_TEXT, Frame
 from fastws._protocol cimport STATE_OPEN, Protocol, Receiver
 
 
+cdef object _not_a_frame(object value):
+    hint = ("send_text() sends a str" if isinstance(value, str)
+            else "send_binary() sends bytes" if isinstance(value, (bytes, bytearray, memoryview))
+            else "build one with fastws.Frame(opcode, data)")
+    return TypeError(f"send() takes a fastws.Frame, not {type(value).__name__}: {hint}")
+
+
 @cython.auto_pickle(False)
 cdef class ConnectionBase(Receiver):
     """The receiving end of a Protocol and the sending methods of a Connection."""
@@ -33,12 +40,15 @@ cdef class ConnectionBase(Receiver):
 
     # -- outbound
 
-    def send(self, Frame frame not None):
+    def send(self, frame):
         """Send a frame through the stage chain; raises ConnectionError once closing."""
+        if not isinstance(frame, Frame):
+            raise _not_a_frame(frame)
         if self._stages:
             self._stages[len(self._stages) - 1].on_frame_out(frame)
         else:
-            self._sending().send_c(frame._opcode, frame.data, frame.fin, frame.rsv)
+            self._sending().send_c((<Frame>frame)._opcode, (<Frame>frame).data,
+                                   (<Frame>frame).fin, (<Frame>frame).rsv)
 
     def send_text(self, text):
         """Send a text message (a str)."""
