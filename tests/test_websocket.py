@@ -312,9 +312,9 @@ def test_send_misuse_raises_clear_errors(start_server, transport, loop):
     with pytest.raises(ConnectionError, match="cannot send"):
         conn.send_text("before the handshake")
     run_until(loop, lambda: client.upgraded)
-    with pytest.raises(TypeError, match="takes a fastws.Frame, not bytes: send_binary()"):
+    with pytest.raises(TypeError, match=r"takes a fastws\.Frame, not bytes: send_binary\(\)"):
         conn.send(b"not a Frame")
-    with pytest.raises(TypeError, match="not str: send_text()"):
+    with pytest.raises(TypeError, match=r"not str: send_text\(\)"):
         conn.send("not a Frame")
     with pytest.raises(TypeError, match="send_binary"):
         conn.send_text(b"not a str")
