@@ -185,8 +185,11 @@ cdef class Protocol(FrameParser):
     def __init__(self, bint is_client, *, max_frame_size=None, max_message_size=None,
                  extension=None, bint reassemble=True, bint auto_pong=True,
                  state=STATE_OPEN):
-        super().__init__(expect_mask=not is_client, max_frame_size=max_frame_size,
-                         validate_utf8=True)
+        # FrameParser's fields set here, not through its __init__: a call with keywords
+        # through super() cost more than the rest of this method (~1.3 us per connection).
+        self.expect_mask = not is_client
+        self.max_frame_size = max_frame_size
+        self.validate_utf8 = True
         self.is_client = is_client
         self._status = state
         self.sink = Sink()
