@@ -716,3 +716,50 @@ def test_mutated_plain_heads_parse_as_llhttp_parses_them() -> None:
                 assert outcome(data, True) == outcome(data, False), data
                 taken += took_plain(data)
     assert taken > 1000
+
+
+# Heads built from parts that are mostly plain and sometimes not: the bytes a real client or
+# an attacker could send in each place (any byte at all in one part in four).
+def _part(known: list[str], plain: str) -> st.SearchStrategy[str]:
+    anything = st.binary(max_size=8).map(lambda b: b.decode("latin-1"))
+    return st.one_of(st.sampled_from(known), st.sampled_from(known),
+                     st.text(alphabet=plain, max_size=10), anything)
+
+
+_TCHARS = "!#$%&'*+-.^_`|~09AZaz"
+_VISIBLE = "".join(chr(c) for c in range(0x20, 0x7F)) + "\t"
+_TARGETS = _part(["/", "/chat?room=1", "*", "http://h/x", "/a#b"], _VISIBLE).map(
+    lambda t: t if t[:1] in ("/", "*", "h") else "/" + t)
+_NAMES = _part(["Host", "host", "Connection", "Upgrade", "Content-Length", "Transfer-Encoding",
+                "Proxy-Connection", "X-A", "Origin"], _TCHARS)
+_VALUES = _part(["h", "websocket", "Upgrade", "keep-alive, Upgrade", "close", "0", "chunked",
+                 " x ", "", "upgrade,", "UPGRADE"], _VISIBLE)
+
+
+@given(st.sampled_from(["GET", "GET", "POST", "get"]), _TARGETS,
+       st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/1.2"]),
+       st.lists(st.tuples(_NAMES, _VALUES), max_size=6), st.booleans(),
+       st.binary(max_size=8))
+def test_generated_heads_parse_as_llhttp_parses_them(method: str, target: str, version: str,
+                                                     lines: list[tuple[str, str]], host: bool,
+                                                     after: bytes) -> None:
+    head = f"{method} {target} {version}\r\n" + ("Host: h\r\n" if host else "")
+    head += "".join(f"{name}: {value}\r\n" for name, value in lines) + "\r\n"
+    data = head.encode("latin-1") + after
+    assert outcome(data, plain_heads=True) == outcome(data, plain_heads=False)
+
+
+@given(st.text(alphabet=_VISIBLE.replace(" ", "").replace("\t", ""), max_size=12),
+       st.lists(st.tuples(st.text(alphabet=_TCHARS, min_size=1, max_size=8),
+                          st.text(alphabet=_VISIBLE, max_size=10)), max_size=6),
+       st.sampled_from(["", "Upgrade", "close", "keep-alive", "upgrade, keep-alive"]))
+def test_generated_plain_heads_take_the_c_pass_and_parse_as_llhttp(
+        target: str, lines: list[tuple[str, str]], connection: str) -> None:
+    lines = [(name, value) for name, value in lines
+             if name.lower() not in ("host", "connection", "upgrade")]
+    if connection:
+        lines.append(("Connection", connection))
+    head = f"GET /{target} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+    data = (head + "".join(f"{n}: {v}\r\n" for n, v in lines) + "\r\n").encode() + FRAME
+    assert took_plain(data)
+    assert outcome(data, plain_heads=True) == outcome(data, plain_heads=False)
