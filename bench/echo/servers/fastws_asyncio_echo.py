@@ -22,6 +22,14 @@ class Echo:
         if frame.opcode <= OpCode.BINARY:
             conn.send(frame)
 
+    # Back-pressure, as `python -m fastws echo` does: a client that keeps 16 MiB in flight
+    # is not read while its echoes wait, or the unsent ones pass the 8 MiB write cap (1008).
+    def on_pause_writing(self, conn):
+        conn.pause_reading()
+
+    def on_resume_writing(self, conn):
+        conn.resume_reading()
+
 
 async def echo(ws):
     async for message in ws:
