@@ -8,13 +8,13 @@ It runs every server and client connection, their timeouts and TLS handshakes, s
 per-event dispatch is kept to one attribute read and a direct call. A callback that raises is
 logged on the ``fastws`` logger and the loop carries on; ``KeyboardInterrupt`` and ``SystemExit``
 propagate. ``default_loop()`` gives each thread its own loop for ``serve()`` and ``connect()``.
+The iterations, the busy poll and the timers run in C (``LoopCore`` and ``Timer`` in
+fastws._poll); this module keeps the rest: the selectors fallback, the wakeup, closing, fork.
 """
 
 from __future__ import annotations
 
 import collections
-import heapq
-import itertools
 import logging
 import selectors
 import threading
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import ClassVar, Protocol
 
-from ._poll import EpollDispatcher, FdCallbacks
+from ._poll import MIN_SPIN, EpollDispatcher, FdCallbacks, LoopCore, Timer, _describe
 from .wakeup import Waker
 
 __all__ = ["HasFileno", "Loop", "Timer", "default_loop"]
@@ -33,17 +33,9 @@ logger = logging.getLogger("fastws")
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 
-# epoll takes its timeout in milliseconds as a C int; an unbounded float would overflow it, and
-# waking once a day to recompute costs nothing.
-_MAX_SELECT_TIMEOUT = 24 * 3600.0
 # Busy polling: after I/O the loop polls for up to this long before it sleeps (see Loop).
 DEFAULT_BUSY_POLL = 25e-6
-_MIN_SPIN = 2e-6
-
-# Compacting the heap is O(n); below this many cancelled entries the garbage is too small to be
-# worth it, above it we compact once they outnumber the live timers, which keeps the cost amortised
-# O(1) per cancel and the heap at most about twice the number of live timers.
-_MIN_CANCELLED_TO_COMPACT = 100
+_MIN_SPIN = MIN_SPIN
 
 
 
@@ -55,15 +47,6 @@ class HasFileno(Protocol):
 
 FileDescriptorLike = int | HasFileno
 Callback = Callable[..., object]
-
-
-def _noop(*args: object) -> None:
-    """Stands in for the callback of a cancelled timer, so the real one can be freed."""
-
-
-def _describe(callback: Callback) -> str:
-    name = getattr(callback, "__qualname__", None)
-    return name if isinstance(name, str) else repr(callback)
 
 
 def _registered(selector: Selector, fileobj: FileDescriptorLike) -> selectors.SelectorKey | None:
@@ -90,52 +73,6 @@ def _is_dead(fileobj: FileDescriptorLike) -> bool:
         return True
 
 
-class Timer:
-    """A scheduled callback; ``cancel()`` stops it from running if it has not run yet.
-
-    Returned by ``call_later``, ``call_at`` and ``call_soon``. ``when`` is on the ``Loop.time()``
-    clock (for ``call_soon`` it is the time of scheduling).
-    """
-
-    __slots__ = ("_when", "_callback", "_args", "_cancelled", "_loop")
-
-    def __init__(
-        self, when: float, callback: Callback, args: tuple[object, ...], loop: Loop | None
-    ) -> None:
-        self._when = when
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        # Set while the timer sits on the loop's heap, so that cancelling it can be counted towards
-        # compaction; cleared when it leaves the heap (due, or dropped by compaction).
-        self._loop = loop
-
-    @property
-    def when(self) -> float:
-        return self._when
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        # Drop the references now: a cancelled idle timeout would otherwise keep its connection
-        # alive until the deadline passes.
-        self._callback = _noop
-        self._args = ()
-        loop = self._loop
-        if loop is not None:
-            self._loop = None
-            loop._timer_cancelled()
-
-    def __repr__(self) -> str:
-        state = " cancelled" if self._cancelled else ""
-        return f"<Timer when={self._when:.6f} {_describe(self._callback)}{state}>"
-
-
 Selector = selectors.BaseSelector | EpollDispatcher
 
 
@@ -147,7 +84,7 @@ def _new_selector(loop: Loop) -> Selector:
     return selector
 
 
-class Loop:
+class Loop(LoopCore):
     """A single-threaded event loop on ``selectors.DefaultSelector``.
 
     Only ``call_soon_threadsafe`` may be called from another thread; every other method belongs to
@@ -160,40 +97,14 @@ class Loop:
 
     DEFAULT_BUSY_POLL: ClassVar[float] = DEFAULT_BUSY_POLL
 
-    __slots__ = (
-        "_selector",
-        "_ready",
-        "_timers",
-        "_cancelled_count",
-        "_sequence",
-        "_running",
-        "_in_iteration",
-        "_stopping",
-        "_busy",
-        "_busy_poll",
-        "_spin",
-        "_clock_resolution",
-        "_waker",
-        "_wakeup_pending",
-        "__weakref__",
-    )
+    # The rest of the state is LoopCore's (fastws._poll), which runs the iterations in C.
+    __slots__ = ("_waker", "_wakeup_pending", "__weakref__")
 
     def __init__(self, *, busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         if not 0.0 <= busy_poll < float("inf"):
             raise ValueError(f"busy_poll must be finite seconds >= 0, not {busy_poll!r}")
-        self._selector: Selector | None = _new_selector(self)
-        self._ready: collections.deque[Timer] = collections.deque()
-        # Entries are (when, sequence, timer): tuples compare in C, and the sequence number both
-        # breaks ties in scheduling order and keeps the comparison from ever reaching the Timer.
-        self._timers: list[tuple[float, int, Timer]] = []
-        self._cancelled_count = 0
-        self._sequence = itertools.count()
-        self._running = False
-        self._in_iteration = False
-        self._stopping = False
-        # More than one descriptor ready in this iteration: the process is busy serving
-        # several peers, and connections batch their replies fully (see Connection).
-        self._busy = False
+        self._selector = _new_selector(self)
+        self._ready = collections.deque()
         # Going to sleep and being woken costs a process more CPU time than polling for a
         # few microseconds (15-20 us on a VM), and it adds that much latency to every reply.
         # So when the next event tends to come within `busy_poll` of the last one (a peer
@@ -237,12 +148,6 @@ class Loop:
         self._wakeup_pending = False
 
     # -- file descriptors ----------------------------------------------------------------------
-
-    def _check_open(self) -> Selector:
-        selector = self._selector
-        if selector is None:
-            raise RuntimeError("fastws Loop is closed")
-        return selector
 
     def _add(
         self,
@@ -331,59 +236,7 @@ class Loop:
                 pass
         return True
 
-    def add_reader(self, fd: FileDescriptorLike, callback: Callback, *args: object) -> None:
-        """Call ``callback(*args)`` whenever ``fd`` is readable; replaces an earlier reader."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            selector.add(fd, _EVENT_READ, callback, args)
-        else:
-            self._add(fd, _EVENT_READ, callback, args)
-
-    def remove_reader(self, fd: FileDescriptorLike) -> bool:
-        """Stop watching ``fd`` for reading; ``False`` if it had no reader. Safe after close."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            return selector.remove(fd, _EVENT_READ)
-        return self._remove(fd, _EVENT_READ)
-
-    def add_writer(self, fd: FileDescriptorLike, callback: Callback, *args: object) -> None:
-        """Call ``callback(*args)`` whenever ``fd`` is writable; replaces an earlier writer."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            selector.add(fd, _EVENT_WRITE, callback, args)
-        else:
-            self._add(fd, _EVENT_WRITE, callback, args)
-
-    def remove_writer(self, fd: FileDescriptorLike) -> bool:
-        """Stop watching ``fd`` for writing; ``False`` if it had no writer. Safe after close."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            return selector.remove(fd, _EVENT_WRITE)
-        return self._remove(fd, _EVENT_WRITE)
-
     # -- timers and callbacks ------------------------------------------------------------------
-
-    def time(self) -> float:
-        """The loop's clock: ``time.monotonic()`` in seconds."""
-        return _time.monotonic()
-
-    def call_at(self, when: float, callback: Callback, *args: object) -> Timer:
-        """Run ``callback(*args)`` once ``time()`` reaches ``when``."""
-        self._check_open()
-        timer = Timer(when, callback, args, self)
-        heapq.heappush(self._timers, (when, next(self._sequence), timer))
-        return timer
-
-    def call_later(self, delay: float, callback: Callback, *args: object) -> Timer:
-        """Run ``callback(*args)`` after ``delay`` seconds."""
-        return self.call_at(_time.monotonic() + delay, callback, *args)
-
-    def call_soon(self, callback: Callback, *args: object) -> Timer:
-        """Run ``callback(*args)`` on the next iteration, after those already queued."""
-        self._check_open()
-        timer = Timer(_time.monotonic(), callback, args, None)
-        self._ready.append(timer)
-        return timer
 
     def call_soon_threadsafe(self, callback: Callback, *args: object) -> None:
         """Like ``call_soon``, from any thread; wakes the loop if it is waiting in ``select``."""
@@ -401,113 +254,7 @@ class Loop:
                 # Only when close() raced with us from the loop thread; nothing left to wake.
                 pass
 
-    def _timer_cancelled(self) -> None:
-        self._cancelled_count += 1
-        heap = self._timers
-        if self._cancelled_count > _MIN_CANCELLED_TO_COMPACT and (
-            2 * self._cancelled_count > len(heap)
-        ):
-            # In place: run_once never holds on to the list across a callback, so this is safe
-            # even when the cancel comes from a callback.
-            heap[:] = [entry for entry in heap if not entry[2]._cancelled]
-            heapq.heapify(heap)
-            self._cancelled_count = 0
-
     # -- running -------------------------------------------------------------------------------
-
-    @property
-    def is_running(self) -> bool:
-        return self._running
-
-    def stop(self) -> None:
-        """Make ``run()`` return after the current iteration.
-
-        Called before ``run()``, it makes the next ``run()`` do one iteration and return. From
-        another thread use ``call_soon_threadsafe(loop.stop)``.
-        """
-        self._stopping = True
-
-    def run(self) -> None:
-        """Run iterations until ``stop()`` is called."""
-        self._check_open()
-        if self._running:
-            raise RuntimeError("fastws Loop is already running")
-        self._running = True
-        try:
-            while True:
-                self.run_once()
-                if self._stopping:
-                    break
-        finally:
-            self._stopping = False
-            self._running = False
-
-    def run_once(self, timeout: float | None = None) -> None:
-        """One iteration: wait for I/O at most ``timeout`` seconds (``None``: until something is
-        due), dispatch ready fds, then run due timers and queued callbacks.
-
-        Callbacks queued while this runs wait for the next iteration, so a callback that keeps
-        rescheduling itself cannot starve I/O.
-        """
-        selector = self._check_open()
-        if self._in_iteration:
-            raise RuntimeError("fastws Loop.run_once() called from inside a callback")
-        self._in_iteration = True
-        try:
-            self._iterate(selector, timeout)
-        finally:
-            self._in_iteration = False
-
-    def _iterate(self, selector: Selector, timeout: float | None) -> None:
-        heap = self._timers
-        ready = self._ready
-        # Cancelled timers at the top would otherwise wake select for nothing.
-        while heap and heap[0][2]._cancelled:
-            heapq.heappop(heap)
-            self._cancelled_count -= 1
-        if ready:
-            timeout = 0.0
-        elif heap:
-            until_timer = heap[0][0] - _time.monotonic()
-            if timeout is None or until_timer < timeout:
-                timeout = until_timer
-        if timeout is not None:
-            if timeout < 0.0:
-                timeout = 0.0
-            elif timeout > _MAX_SELECT_TIMEOUT:
-                timeout = _MAX_SELECT_TIMEOUT
-
-        poll = selector.dispatch if type(selector) is EpollDispatcher else self._select_and_dispatch
-        if self._busy_poll and timeout != 0.0:
-            self._poll_then_sleep(poll, timeout)
-        else:
-            poll(-1.0 if timeout is None else timeout)
-
-        if heap:
-            # Within one clock tick counts as due: select may return a hair early, and spinning
-            # on a zero timeout until the clock catches up would waste an iteration.
-            end = _time.monotonic() + self._clock_resolution
-            while heap and heap[0][0] <= end:
-                timer = heapq.heappop(heap)[2]
-                if timer._cancelled:
-                    self._cancelled_count -= 1
-                    continue
-                timer._loop = None
-                ready.append(timer)
-
-        # Only what is queued now runs; anything queued by these callbacks waits for the next
-        # iteration. Cancelled entries (cancelled after being queued) are skipped.
-        for _ in range(len(ready)):
-            timer = ready.popleft()
-            if timer._cancelled:
-                continue
-            callback = timer._callback
-            try:
-                callback(*timer._args)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException:
-                logger.exception("exception in callback %s", _describe(callback))
 
     def _select_and_dispatch(self, timeout: float) -> int:
         """Wait with the selector (timeout < 0: forever) and run the ready fds' callbacks;
@@ -543,28 +290,6 @@ class Loop:
     def _report_callback_error(kind: str, callback: Callback) -> None:
         logger.exception("exception in %s %s", kind, _describe(callback))
 
-    def _poll_then_sleep(self, poll: Callable[[float], int], timeout: float | None) -> None:
-        """Poll for up to the adaptive spin, then sleep until `timeout` (see __init__)."""
-        if poll(0.0):
-            return
-        monotonic = _time.monotonic
-        start = now = monotonic()
-        spin = self._spin if timeout is None else min(self._spin, timeout)
-        if spin:
-            end = start + spin
-            while now < end:
-                if poll(0.0):
-                    return
-                now = monotonic()
-            if timeout is not None:
-                timeout = max(0.0, timeout - (now - start))
-        ready = poll(-1.0 if timeout is None else timeout)
-        slept = monotonic() - now
-        if ready and slept < 2.0 * self._busy_poll:
-            self._spin = min(max(self._spin * 2.0, _MIN_SPIN), self._busy_poll)
-        elif self._spin:
-            self._spin = 0.0 if self._spin < 2.0 * _MIN_SPIN else self._spin / 2.0
-
     # -- closing -------------------------------------------------------------------------------
 
     @property
@@ -583,11 +308,7 @@ class Loop:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
-        for _, _, timer in self._timers:
-            timer._loop = None
-        self._timers.clear()
-        self._ready.clear()
-        self._cancelled_count = 0
+        self._drop_timers()
 
     def _reset_after_fork(self) -> None:
         """In a forked child: a fresh selector and wakeup fd, no inherited callbacks.
@@ -601,7 +322,6 @@ class Loop:
             raise RuntimeError("cannot fork-reset a running fastws Loop")
         self.close()
         self._selector = _new_selector(self)
-        self._sequence = itertools.count()
         self._wakeup_pending = False
         self._spin = self._busy_poll
         self._open_wakeup()

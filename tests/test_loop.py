@@ -7,6 +7,8 @@ instead of hanging the suite; nothing sleeps to make a test pass.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
 import time
@@ -16,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fastws._poll
 import fastws.loop as loop_module
 import fastws.wakeup as wakeup_module
 from fastws.loop import Loop, default_loop
@@ -277,7 +280,7 @@ def test_cancelling_many_timers_keeps_heap_bounded(loop: Loop) -> None:
     for timer in timers:
         timer.cancel()
     # Compaction keeps garbage below max(minimum, live count).
-    bound = 2 * (loop_module._MIN_CANCELLED_TO_COMPACT + len(live))
+    bound = 2 * (fastws._poll.MIN_CANCELLED_TO_COMPACT + len(live))
     assert len(loop._timers) <= bound
     # Interleaved schedule/cancel (an idle timeout reset per message) stays bounded too.
     for _i in range(10_000):
@@ -649,6 +652,47 @@ def test_busy_poll_grows_back_when_events_come_quickly(
         b.send(b"x")
         run_until(lp, lambda: len(received) == 20)
         assert lp._spin > 0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_signal_handler_runs_while_only_c_callbacks_keep_the_loop_busy(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    # The reader is a C builtin and the socket stays readable: no Python bytecode runs in the
+    # loop, where the interpreter would otherwise run signal handlers. run() must still end
+    # with the handler's exception (as it ends with KeyboardInterrupt on Ctrl-C).
+    a, b = pair
+    b.send(b"x")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    with Loop(busy_poll=0) as lp:
+        lp.add_reader(a, int)
+        signaller = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
+        gave_up: list[bool] = []
+
+        def give_up() -> None:
+            # The signal was not seen within 5 s: wake the loop (its wakeup runs Python,
+            # and so the handler) so that the test fails instead of hanging.
+            gave_up.append(True)
+            lp.call_soon_threadsafe(lp.stop)
+
+        safety = threading.Timer(5.0, give_up)
+        signaller.start()
+        safety.start()
+        try:
+            with pytest.raises(_Interrupted):
+                lp.run()
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+            safety.cancel()
+            signaller.join()
+        assert not lp.is_running
+        assert not gave_up, "the handler ran only once the loop ran Python code"
 
 
 def test_busy_poll_keeps_timers_and_threadsafe_wakeups_on_time(loop: Loop) -> None:
