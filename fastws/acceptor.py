@@ -74,6 +74,13 @@ class Acceptor:
         self._may_resume = may_resume
         self.accepting = True
         self._kind = (int(sock.family), int(sock.type), sock.proto)
+        # TCP_NODELAY set on the listener is inherited by the sockets accepted from it (Linux):
+        # one system call less per connection. None: not known until the first one is checked.
+        self._nodelay_inherited: bool | None = None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            self._nodelay_inherited = False   # not TCP (a Unix socket): nothing to inherit
         loop.add_reader(sock, self._on_acceptable)
 
     def _on_acceptable(self) -> None:
@@ -99,14 +106,23 @@ class Acceptor:
                     continue
                 raise
             sock = socket.socket(family, type_, proto, fileno=fd)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            if not self._nodelay_inherited:
+                self._set_nodelay(sock)
             if not self._accepted(sock, peername):
                 # Leave new connections in the kernel's backlog until resume().
                 self.pause()
                 return
+
+    def _set_nodelay(self, sock: socket.socket) -> None:
+        try:
+            if (self._nodelay_inherited is None
+                    and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)):
+                self._nodelay_inherited = True
+                return
+            self._nodelay_inherited = False
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
     def pause(self) -> None:
         if self.accepting and self.sock is not None:

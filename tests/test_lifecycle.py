@@ -351,3 +351,16 @@ def test_the_handler_base_class_has_every_callback():
     names = {name for name in dir(fastws.Handler) if name.startswith("on_")}
     assert names == set(fastws.handler.CALLBACKS)
     assert os.path.basename(fastws.handler.__file__) == "handler.py"
+
+
+def test_accepted_sockets_have_nagle_off(start_server, raw_client):
+    """Small replies must not wait for Nagle: every accepted socket has TCP_NODELAY, the
+    first (where the acceptor learns whether the listener's setting is inherited) and those
+    after it."""
+    recorder = Recorder()
+    server = start_server(recorder)
+    for _ in range(3):
+        raw_client(server.port)
+    wait_for(lambda: len(recorder.conns) == 3)
+    for conn in recorder.conns:
+        assert conn.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
