@@ -44,7 +44,7 @@ _OWS = re.compile(r"[ \t]*")
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 4.2.2 step 5.4)."""
     digest = hashlib.sha1((key + GUID).encode("latin-1")).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
 def new_key() -> str:
@@ -109,19 +109,22 @@ def check_request(request: Request) -> str:
         raise HandshakeError(405, f"the method must be GET, not {request.method}")
     if not _http_version_at_least_1_1(request.version):
         raise HandshakeError(400, f"HTTP/1.1 or later is required, not HTTP/{request.version}")
-    if len(headers.get_all("host")) != 1:
+    if len(headers._values("host")) != 1:
         raise HandshakeError(400, "exactly one Host header is required")
-    if "websocket" not in headers.tokens("upgrade"):
+    # The usual values first (one comparison), then the general list-of-tokens reading;
+    # request.upgrade says that Connection listed "upgrade" when the request was made.
+    if (headers._values("upgrade") != ["websocket"]
+            and "websocket" not in headers.tokens("upgrade")):
         raise HandshakeError(400, "the Upgrade header must contain websocket")
-    if "upgrade" not in headers.tokens("connection"):
+    if not request.upgrade and "upgrade" not in headers.tokens("connection"):
         raise HandshakeError(400, "the Connection header must contain upgrade")
-    versions = headers.get_all("sec-websocket-version")
+    versions = headers._values("sec-websocket-version")
     if versions != [WEBSOCKET_VERSION]:
         found = ", ".join(versions) if versions else "none"
         raise HandshakeError(
             426, f"Sec-WebSocket-Version must be {WEBSOCKET_VERSION} (found {found})"
         )
-    keys = headers.get_all("sec-websocket-key")
+    keys = headers._values("sec-websocket-key")
     if len(keys) != 1:
         raise HandshakeError(400, f"exactly one Sec-WebSocket-Key is required, not {len(keys)}")
     key = keys[0]
@@ -147,15 +150,12 @@ def accept(
     no Sec-WebSocket-Protocol header when none matches. `headers` are appended. Raises
     HandshakeError (see `check_request`); answer with its `response()`.
     """
-    key = check_request(request)
-    response = Response(
-        101,
-        [
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept_key(key)),
-        ],
-    )
+    answer = accept_key(check_request(request))
+    # The Headers' list and index made directly: the three lines are known to be valid.
+    response = Response(101, Headers._parsed(
+        [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", answer)],
+        {"upgrade": ["websocket"], "connection": ["Upgrade"], "sec-websocket-accept": [answer]},
+    ))
     if subprotocols:
         offered = _list_elements(request.headers.get_all("sec-websocket-protocol"))
         for subprotocol in subprotocols:
