@@ -438,33 +438,33 @@ cdef class LoopCore:
 
     def add_reader(self, fd, callback, *args):
         """Call ``callback(*args)`` whenever ``fd`` is readable; replaces an earlier reader."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            (<EpollDispatcher>selector).add(fd, EVENT_READ, callback, args)
-        else:
-            self._add(fd, EVENT_READ, callback, args)
+        self._watch(fd, EVENT_READ, callback, args)
 
     def remove_reader(self, fd):
         """Stop watching ``fd`` for reading; ``False`` if it had no reader. Safe after close."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            return (<EpollDispatcher>selector).remove(fd, EVENT_READ)
-        return self._remove(fd, EVENT_READ)
+        return self._unwatch(fd, EVENT_READ)
 
     def add_writer(self, fd, callback, *args):
         """Call ``callback(*args)`` whenever ``fd`` is writable; replaces an earlier writer."""
-        selector = self._selector
-        if type(selector) is EpollDispatcher:
-            (<EpollDispatcher>selector).add(fd, EVENT_WRITE, callback, args)
-        else:
-            self._add(fd, EVENT_WRITE, callback, args)
+        self._watch(fd, EVENT_WRITE, callback, args)
 
     def remove_writer(self, fd):
         """Stop watching ``fd`` for writing; ``False`` if it had no writer. Safe after close."""
+        return self._unwatch(fd, EVENT_WRITE)
+
+    cdef int _watch(self, fd, int event, callback, tuple args) except -1:
         selector = self._selector
         if type(selector) is EpollDispatcher:
-            return (<EpollDispatcher>selector).remove(fd, EVENT_WRITE)
-        return self._remove(fd, EVENT_WRITE)
+            (<EpollDispatcher>selector).add(fd, event, callback, args)
+        else:
+            self._add(fd, event, callback, args)
+        return 0
+
+    cdef object _unwatch(self, fd, int event):
+        selector = self._selector
+        if type(selector) is EpollDispatcher:
+            return (<EpollDispatcher>selector).remove(fd, event)
+        return self._remove(fd, event)
 
     # -- timers and callbacks
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -24,13 +25,17 @@ import fastws.wakeup as wakeup_module
 from fastws.loop import Loop, default_loop
 
 
-@pytest.fixture(params=["eventfd", "socketpair"])
+@pytest.fixture(params=["eventfd", "socketpair", "selectors"])
 def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loop]:
     if request.param == "eventfd":
         if not wakeup_module._HAVE_EVENTFD:
             pytest.skip("os.eventfd is not available")
-    else:
+    elif request.param == "socketpair":
         monkeypatch.setattr(wakeup_module, "_HAVE_EVENTFD", False)
+    else:
+        # What the loop does where epoll is missing: the selectors path in Python, the
+        # iterations still in LoopCore.
+        monkeypatch.setattr(loop_module.selectors, "DefaultSelector", selectors.PollSelector)
     with Loop() as lp:
         yield lp
 
