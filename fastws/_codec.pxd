@@ -28,6 +28,13 @@ cdef extern from "fastws/utf8.h":
     int fastws_utf8_valid(const uint8_t *s, size_t n) nogil
 
 
+# Large received payloads are reused once nothing references them (see _codec.pyx):
+# `refs` is how many references the caller itself still holds; smaller ones are not kept.
+cdef enum:
+    SPARE_MIN = 128 * 1024
+cdef int keep_spare(object payload, Py_ssize_t refs) except -1
+
+
 cdef class Frame:
     cdef public bint fin
     cdef public int rsv

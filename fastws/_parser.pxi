@@ -137,6 +137,7 @@ cdef class FrameParser:
             self._filled = self._capacity = 0
             self._state = ST_HEADER
             self._emit(payload, rest, 0, rest_n)      # keeps the rest if a callback raises
+            keep_spare(payload, 1)
         if rest_n:
             return self._parse(rest, rest_n)
         return 0
@@ -177,6 +178,7 @@ cdef class FrameParser:
                     self._filled = self._capacity = 0
                     self._state = ST_HEADER
                     self._emit(payload, data, pos, n)
+                    keep_spare(payload, 1)
                 continue
             if self._state == ST_FAILED:
                 return 0
@@ -213,7 +215,7 @@ cdef class FrameParser:
             elif <uint64_t>(n - pos) >= self._length:
                 size = <Py_ssize_t>self._length
                 if self._masked:
-                    payload = PyBytes_FromStringAndSize(NULL, size)
+                    payload = _new_payload(size)
                     fastws_mask_copy(<uint8_t *>PyBytes_AS_STRING(payload), data + pos,
                                      <size_t>size, self._key, 0)
                 else:
@@ -223,9 +225,10 @@ cdef class FrameParser:
                     return 0
                 pos += size
                 self._emit(payload, data, pos, n)
+                keep_spare(payload, 1)
             else:
                 size = <Py_ssize_t>min(self._length, <uint64_t>max(_EAGER_ALLOC_LIMIT, n - pos))
-                self._payload = PyBytes_FromStringAndSize(NULL, size)
+                self._payload = _new_payload(size)
                 self._capacity = size
                 self._filled = 0
                 self._state = ST_PAYLOAD

@@ -48,7 +48,7 @@ from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memset, strerror
 from posix.uio cimport iovec
 
-from fastws._codec cimport fastws_mask_copy
+from fastws._codec cimport SPARE_MIN, fastws_mask_copy, keep_spare
 from fastws._protocol cimport Protocol, Sink
 
 cdef extern from "Python.h":
@@ -105,6 +105,22 @@ cdef bytearray _thread_buffer(str name, Py_ssize_t size):
     return buffer
 
 
+cdef int _offer_spare(object item) except -1:
+    """`item` was sent and leaves the queue: if it is a view of a large payload (an echo of
+    a received one, or what is left of it), release the view and let the codec keep the
+    payload as a spare."""
+    if type(item) is not memoryview:
+        return 0
+    payload = <object>PyMemoryView_GET_BUFFER(item).obj
+    if type(payload) is not bytes or PyBytes_GET_SIZE(payload) < SPARE_MIN:
+        return 0
+    try:
+        item.release()                    # the view's reference to the payload goes
+    except BufferError:                   # still exported somewhere: leave it
+        return 0
+    return keep_spare(payload, 1)
+
+
 @cython.final
 @cython.freelist(8)
 @cython.auto_pickle(False)
@@ -148,6 +164,7 @@ cdef class Transport(Sink):
     cdef object _queue                # deque of bytes / memoryview / _Masked
     cdef Py_ssize_t _size
     cdef Py_ssize_t _largest          # the largest write since the queue was last empty
+    cdef bint _spares_queued          # a large received payload may be queued (an echo)
     cdef long long _cap
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
@@ -422,6 +439,8 @@ cdef class Transport(Sink):
             payload = memoryview(payload)
             size = len(payload)
             queue.append(payload)
+            if size >= SPARE_MIN:
+                self._spares_queued = True
         return self._queued(PyBytes_GET_SIZE(header) + size)
 
     def write_bytes(self, data):
@@ -624,6 +643,10 @@ cdef class Transport(Sink):
         cdef Py_ssize_t size
         self.bytes_sent += sent
         if sent == self._size:            # the usual case: everything went
+            if self._spares_queued:
+                self._spares_queued = False
+                for head in queue:
+                    _offer_spare(head)
             queue.clear()
             self._size = 0
             return 0
@@ -642,6 +665,8 @@ cdef class Transport(Sink):
                     return 0
             sent -= size
             queue.popleft()
+            if self._spares_queued:
+                _offer_spare(head)
         return 0
 
     cdef int _after_send(self) except -1:

@@ -166,6 +166,18 @@ def start_server(transport):
         server.stop()
 
 
+@pytest.fixture
+def spares():
+    """fastws._codec's spare payloads (large received payloads kept for reuse): call with a
+    bound in bytes to set it (and drop those kept); returns (count, bytes) kept. The default
+    bound is back after the test."""
+    from fastws._codec import _spare_payloads_kept
+    default = 16 * 1024 * 1024
+    _spare_payloads_kept(default)                 # start with none kept
+    yield _spare_payloads_kept
+    _spare_payloads_kept(default)
+
+
 def wait_for(predicate, timeout: float = TIMEOUT) -> None:
     """Poll a condition set by another thread (bounded)."""
     deadline = time.monotonic() + timeout

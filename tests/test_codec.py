@@ -339,3 +339,49 @@ def parse_utf8(frames_in):
     for frame in frames_in:
         parser.feed(frame.encode())
     return frames, errors
+
+
+# Spare payloads: large received payloads that nobody kept are reused for the next ones
+# (fastws/_codec.pyx, _new_payload / keep_spare).
+
+def test_a_spare_payload_never_changes_a_payload_someone_holds(spares):
+    rng = random.Random(5)
+    sizes = [200_000, 200_000, 150_000, 390_000, 200_001, 131_072, 260_000] * 3
+    payloads = [rng.randbytes(size) for size in sizes]
+    kept, checks = [], []
+
+    def on_frame(frame):
+        data = frame.data
+        # The cached hash of a reused bytes object is that of its new contents.
+        checks.append((data == payloads[len(checks)],
+                       hash(data) == hash(bytes(bytearray(data)))))
+        if len(checks) % 3 == 0:
+            kept.append((len(checks) - 1, data))
+
+    parser = FrameParser(on_frame)
+    for i, payload in enumerate(payloads):
+        frame = encode_frame(OpCode.BINARY, payload, masking_key=0x01020304 + i)
+        # Whole in one chunk, and split so that the payload is filled across feeds.
+        if i % 2:
+            parser.feed(frame)
+        else:
+            parser.feed(frame[:1000])
+            parser.feed(frame[1000:])
+    assert checks == [(True, True)] * len(payloads)
+    assert all(data == payloads[i] for i, data in kept)
+    count, size = spares()
+    assert count >= 1 and size <= 16 * 1024 * 1024   # reuse happened, within its bound
+
+
+def test_spare_payloads_are_bounded(spares):
+    spares(300_000)                               # room for one 200 KB payload, not two
+    parser = FrameParser(lambda frame: None)
+    held = []
+    for i in range(4):
+        payload = os.urandom(200_000)
+        held.append(payload)
+        parser.feed(encode_frame(OpCode.BINARY, payload, masking_key=i + 1))
+    assert spares() == (1, 200_000)
+    spares(0)                                     # none at all
+    parser.feed(encode_frame(OpCode.BINARY, held[0], masking_key=9))
+    assert spares() == (0, 0)

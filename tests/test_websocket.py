@@ -480,6 +480,56 @@ def test_the_default_chain_has_its_switches(start_server, raw_client):
     assert [f.data for f in recorder.frames if f.opcode == OpCode.PING] == [b"for the handler"]
 
 
+class EchoKeepingSome(Recorder):
+    """Echoes each message as `python -m fastws echo` does (the received frame goes back
+    out) and keeps the payload of every message whose first byte is 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[bytes] = []
+
+    def on_upgraded(self, conn):
+        super().on_upgraded(conn)
+        # A small send buffer: most of each echo waits in the write queue and leaves it
+        # later, once the client reads (the transport's side of the reuse).
+        conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+
+    def on_frame(self, conn, frame):
+        if frame.data[:1] == b"\x01":
+            self.kept.append(frame.data)
+        conn.send(frame)
+
+
+def test_echoed_large_payloads_stay_intact_when_buffers_are_reused(start_server, raw_client,
+                                                                   spares):
+    """A large received payload that nothing references once its echo is sent is reused for
+    the next one (fastws/_codec.pyx, spare payloads): every echo and every payload the
+    handler kept must still be exactly what was sent."""
+    spares(400_000)           # one at a time: what is kept is what the next payload reuses
+    handler = EchoKeepingSome()
+    server = start_server(handler)
+    clients = [raw_client(server.port) for _ in range(3)]
+    for client in clients:        # and a small receive buffer, for the same reason
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sent = []
+    for round_ in range(4):
+        # Each client one message at a time (its echo goes out at once), then a burst
+        # (the echoes queue up behind each other and leave the queue later).
+        for i, client in enumerate(clients):
+            data = bytes([round_ % 2]) + os.urandom(300_000 + 1000 * i + round_)
+            sent.append(data)
+            client.send(OpCode.BINARY, data)
+            assert client.recv_message().data == data
+        burst = [bytes([(round_ + i) % 2]) + os.urandom(280_000 + 7 * i) for i in range(6)]
+        sent += burst
+        clients[round_ % 3].send_raw(b"".join(
+            encode_frame(OpCode.BINARY, data, True, 0, i + 1) for i, data in enumerate(burst)))
+        assert [clients[round_ % 3].recv_message().data for _ in burst] == burst
+    expected = [data for data in sent if data[0] == 1]
+    wait_for(lambda: len(handler.kept) == len(expected))
+    assert sorted(handler.kept) == sorted(expected)
+
+
 def test_large_payloads_arrive_whole_and_checked(start_server, raw_client):
     """Payloads of 64 KiB and more are read straight into their bytes object (no read buffer
     in between, fastws/_parser.pxi payload_room): every byte must still be unmasked, in order,
