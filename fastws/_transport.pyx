@@ -165,6 +165,7 @@ cdef class Transport(Sink):
     cdef Py_ssize_t _size
     cdef Py_ssize_t _largest          # the largest write since the queue was last empty
     cdef bint _spares_queued          # a large received payload may be queued (an echo)
+    cdef bint _tls_closed             # close_notify sent: the rest is read undecrypted
     cdef long long _cap
     cdef Py_ssize_t _high_water
     cdef Py_ssize_t _low_water
@@ -303,7 +304,7 @@ cdef class Transport(Sink):
         """The socket is readable: read once and hand the bytes on (see the module doc)."""
         if self.closed:
             return
-        if self.tls:
+        if self.tls and not self._tls_closed:
             self._read_tls()
             return
         cdef bytearray buffer = self._read_buffer
@@ -749,7 +750,11 @@ cdef class Transport(Sink):
         if self.is_client:
             self._start_reading()         # wait for the server's EOF (bounded)
             return 0
-        if self.tls:
+        # A server half-closes and reads (and drops) what the peer still sends until it
+        # closes too: closing with unread input would make the kernel answer with a reset,
+        # which can destroy our last frames before the peer reads them (the close frame of a
+        # connection we fail while the peer is still sending). Over TLS, close_notify first.
+        if self.tls and not self._send_close_notify():
             self.close(None)
             return 0
         try:
@@ -759,6 +764,23 @@ cdef class Transport(Sink):
             return 0
         self._start_reading()
         return 0
+
+    cdef bint _send_close_notify(self) except -1:
+        """Send TLS close_notify without waiting for the peer's (1 when sent); what arrives
+        after it is read from the socket undecrypted and dropped (_on_readable)."""
+        try:
+            self.sock.unwrap()
+        except ssl.SSLWantReadError:
+            pass                          # sent; the peer's own close_notify is not awaited
+        except ssl.SSLError as exc:
+            # unwrap() sends close_notify, then reads for the peer's: reading the data the
+            # peer still sends fails, but only once ours is out.
+            if exc.reason != "APPLICATION_DATA_AFTER_CLOSE_NOTIFY":
+                return 0
+        except (OSError, ValueError):     # ValueError: TLS not yet set up
+            return 0
+        self._tls_closed = True
+        return 1
 
     def close(self, exc=None):
         """Close the socket now (unsent data is dropped) and report `connection_lost(exc)`."""

@@ -13,6 +13,7 @@ from conftest import Recorder, run_until, wait_for
 
 import fastws
 from fastws import AutoPing, AutoPong, CloseCode, Consolidate, Frame, OpCode, Stage, encode_frame
+from fastws._codec import parse_close
 
 # Every test here runs over both chains (see conftest.chain): the fast path and a user stage.
 pytestmark = pytest.mark.usefixtures("chain")
@@ -528,6 +529,25 @@ def test_echoed_large_payloads_stay_intact_when_buffers_are_reused(start_server,
     expected = [data for data in sent if data[0] == 1]
     wait_for(lambda: len(handler.kept) == len(expected))
     assert sorted(handler.kept) == sorted(expected)
+
+
+def test_a_connection_failed_while_the_peer_sends_still_delivers_its_close_frame(
+        start_server, raw_client):
+    """The server fails the connection (invalid UTF-8, 1007) at the start of a 2 MB frame
+    and the client goes on sending all of it and more: the server half-closes and reads
+    (and drops) the rest, TLS with close_notify first, so that its close frame is not
+    destroyed by the reset that closing with unread input would make the kernel send."""
+    server = start_server(Recorder())
+    client = raw_client(server.port)
+    frame = encode_frame(OpCode.TEXT, b"\xff" + b"a" * 2_000_000, True, 0, 7)
+    client.send_raw(frame)                              # all of it: the server drains it
+    client.send(OpCode.BINARY, b"x" * 100_000)
+    frame = client.recv_frame()
+    assert frame.opcode == OpCode.CLOSE
+    assert parse_close(frame.data)[0] == CloseCode.INVALID_DATA
+    # Then a clean end: EOF (over TLS, close_notify then EOF), never a reset.
+    client.sock.settimeout(5)
+    assert client.sock.recv(65536) == b""
 
 
 def test_large_payloads_arrive_whole_and_checked(start_server, raw_client):
