@@ -143,6 +143,14 @@ cdef int keep_spare(object payload, Py_ssize_t refs) except -1:
     return 0
 
 
+cdef inline int _keep_if_spare(bytes payload) except -1:
+    # The parser's check after each frame: a size test first, so that small frames (the
+    # hot path) pay nothing more.
+    if PyBytes_GET_SIZE(payload) >= SPARE_MIN:
+        return keep_spare(payload, 1)
+    return 0
+
+
 def _spare_payloads_kept(limit=None):
     """(count, bytes) of the spare payloads kept; with `limit`, set the bound first (and
     drop them all) -- for the tests."""

@@ -137,7 +137,7 @@ cdef class FrameParser:
             self._filled = self._capacity = 0
             self._state = ST_HEADER
             self._emit(payload, rest, 0, rest_n)      # keeps the rest if a callback raises
-            keep_spare(payload, 1)
+            _keep_if_spare(payload)
         if rest_n:
             return self._parse(rest, rest_n)
         return 0
@@ -178,7 +178,7 @@ cdef class FrameParser:
                     self._filled = self._capacity = 0
                     self._state = ST_HEADER
                     self._emit(payload, data, pos, n)
-                    keep_spare(payload, 1)
+                    _keep_if_spare(payload)
                 continue
             if self._state == ST_FAILED:
                 return 0
@@ -225,7 +225,7 @@ cdef class FrameParser:
                     return 0
                 pos += size
                 self._emit(payload, data, pos, n)
-                keep_spare(payload, 1)
+                _keep_if_spare(payload)
             else:
                 size = <Py_ssize_t>min(self._length, <uint64_t>max(_EAGER_ALLOC_LIMIT, n - pos))
                 self._payload = _new_payload(size)

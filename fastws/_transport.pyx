@@ -668,6 +668,7 @@ cdef class Transport(Sink):
             queue.popleft()
             if self._spares_queued:
                 _offer_spare(head)
+                self._spares_queued = len(queue) != 0
         return 0
 
     cdef int _after_send(self) except -1:
