@@ -83,7 +83,9 @@ class Client:
                 conn.send(orphan)                      # fastws refuses to break the protocol
             except ValueError:
                 orphan.masking_key = 0x1234ABCD        # so play a broken peer, on the raw socket
-                conn.socket.send(orphan.encode())
+                sock = conn.socket                     # None only once it is closed
+                assert sock is not None
+                sock.send(orphan.encode())
         elif path == "/crash":
             conn.send_text("boom")
         elif path == "/deaf":

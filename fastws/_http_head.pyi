@@ -1,3 +1,6 @@
+GUID: str
+
+def accept_key(key: str) -> str: ...
 def parse_plain_get(
     data: bytes | bytearray | memoryview,
     start: int,

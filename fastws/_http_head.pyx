@@ -8,11 +8,28 @@ a byte outside visible ASCII, a bare LF, a Host missing or repeated, a limit rea
 None and the same bytes go to llhttp, which owns every error answer. What it accepts parses as
 llhttp parses it (tests/test_http.py feeds both the same requests): values lose their leading
 spaces and tabs and keep their trailing ones, names keep their case.
+
+`accept_key` is the other per-handshake step done in C: the Sec-WebSocket-Accept value.
 """
 
+import binascii
+import hashlib
+
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeLatin1
 from libc.string cimport memcmp
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+
+cdef extern from "fastws/accept.h":
+    enum:
+        FASTWS_ACCEPT_SIZE
+        FASTWS_MAX_KEY
+    int fastws_ws_accept(const char *key, size_t n, char *out) noexcept
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # RFC 9110 5.6.2 tchar: what a header name may be made of
 cdef bint TCHAR[256]
@@ -86,6 +103,20 @@ cdef bint _plain_connection(const unsigned char *p, const unsigned char *end) no
 
 cdef inline str _latin1(const unsigned char *at, Py_ssize_t size):
     return PyUnicode_DecodeLatin1(<const char *>at, size, NULL)
+
+
+def accept_key(str key):
+    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 4.2.2 step 5.4):
+    base64(SHA-1(key + GUID)), in C (fastws/accept.h) for an ASCII key of a sane length."""
+    cdef Py_ssize_t size
+    cdef const char *data
+    cdef char out[FASTWS_ACCEPT_SIZE]
+    if PyUnicode_IS_ASCII(key):
+        data = PyUnicode_AsUTF8AndSize(key, &size)     # ASCII: the str's own bytes
+        if fastws_ws_accept(data, <size_t>size, out) == 0:
+            return PyUnicode_DecodeASCII(out, FASTWS_ACCEPT_SIZE, NULL)
+    digest = hashlib.sha1((key + GUID).encode("latin-1")).digest()
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
 def parse_plain_get(data, Py_ssize_t start, Py_ssize_t max_request_line,

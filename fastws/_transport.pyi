@@ -9,6 +9,10 @@ from typing_extensions import disjoint_base
 from ._protocol import Protocol, Sink
 from .loop import Loop
 
+HAVE_ACCEPT4: bool
+
+def accept_fd(listener: int) -> tuple[int, Any]: ...
+
 @disjoint_base
 class Transport(Sink):
     protocol: Protocol | None
@@ -16,7 +20,7 @@ class Transport(Sink):
     def __init__(
         self,
         loop: Loop,
-        sock: socket.socket,
+        sock: socket.socket | int,
         listener: Any,
         *,
         is_client: bool,
@@ -28,7 +32,7 @@ class Transport(Sink):
     @property
     def loop(self) -> Loop: ...
     @property
-    def sock(self) -> socket.socket: ...
+    def sock(self) -> socket.socket | None: ...
     @property
     def is_client(self) -> bool: ...
     @property

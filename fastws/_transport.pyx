@@ -59,11 +59,47 @@ cdef extern from *:
     #include <errno.h>
     #include <sys/socket.h>
     #include <sys/uio.h>
+    #include <unistd.h>
+    #include <arpa/inet.h>
+    #include <netinet/in.h>
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
     #endif
+    #ifdef SOCK_NONBLOCK
+    #define FASTWS_HAVE_ACCEPT4 1
+    #else
+    #define FASTWS_HAVE_ACCEPT4 0
+    #define SOCK_NONBLOCK 0
+    #define SOCK_CLOEXEC 0
+    #define accept4(fd, addr, len, flags) (errno = ENOSYS, -1)
+    #endif
     static int fastws_would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
     """
+    enum: FASTWS_HAVE_ACCEPT4, SOCK_NONBLOCK, SOCK_CLOEXEC, SHUT_WR, AF_INET, AF_INET6
+    enum: INET6_ADDRSTRLEN
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        unsigned short sa_family
+    struct sockaddr_storage:
+        unsigned short ss_family
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        unsigned short sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+    int c_accept4 "accept4" (int fd, sockaddr *addr, socklen_t *size, int flags) nogil
+    int c_shutdown "shutdown" (int fd, int how) nogil
+    int c_close "close" (int fd) nogil
+    const char *inet_ntop(int family, const void *src, char *dst, socklen_t size) nogil
+    unsigned short ntohs(unsigned short) nogil
+    unsigned int ntohl(unsigned int) nogil
     struct msghdr:
         void *msg_name
         unsigned int msg_namelen
@@ -92,6 +128,43 @@ cdef long long NO_CAP = 1LL << 62
 _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 cdef object _per_thread = threading.local()
+
+
+HAVE_ACCEPT4 = bool(FASTWS_HAVE_ACCEPT4)
+
+
+def accept_fd(int listener):
+    """One connection from the listening socket `listener`, with accept4(): (fd, peername),
+    the fd non-blocking and close-on-exec, for a Transport to take as it is (no socket object:
+    a connection storm pays for every one). `peername` as socket.accept() gives it for IPv4
+    and IPv6; None otherwise (a scoped IPv6 address, another family: start() asks the socket).
+    Raises OSError as socket.accept() does (BlockingIOError when none is waiting)."""
+    cdef sockaddr_storage address
+    cdef socklen_t size
+    cdef int fd, err
+    cdef char host[INET6_ADDRSTRLEN]
+    cdef sockaddr_in *ipv4
+    cdef sockaddr_in6 *ipv6
+    while True:
+        size = sizeof(address)
+        fd = c_accept4(listener, <sockaddr *>&address, &size, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd >= 0:
+            break
+        err = errno
+        if err != EINTR:
+            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+        PyErr_CheckSignals()
+    if address.ss_family == AF_INET:
+        ipv4 = <sockaddr_in *>&address
+        inet_ntop(AF_INET, &ipv4.sin_addr, host, sizeof(host))
+        return fd, (host.decode("ascii"), ntohs(ipv4.sin_port))
+    if address.ss_family == AF_INET6:
+        ipv6 = <sockaddr_in6 *>&address
+        if ipv6.sin6_scope_id == 0:       # with one, Python's form appends %interface
+            inet_ntop(AF_INET6, &ipv6.sin6_addr, host, sizeof(host))
+            return fd, (host.decode("ascii"), ntohs(ipv6.sin6_port),
+                        ntohl(ipv6.sin6_flowinfo), 0)
+    return fd, None
 
 
 cdef bytearray _thread_buffer(str name, Py_ssize_t size):
@@ -144,7 +217,7 @@ cdef class Transport(Sink):
     """A connected socket on a Loop; see the module doc for what it tells its listener."""
 
     cdef readonly object loop
-    cdef readonly object sock
+    cdef object _sock                 # None for a bare fd until the `sock` property is read
     cdef readonly bint is_client
     cdef readonly bint tls
     cdef readonly bint closed
@@ -187,16 +260,19 @@ cdef class Transport(Sink):
 
     def __init__(self, loop, sock, listener, *, bint is_client, ssl_context=None,
                  server_hostname=None, close_timeout=5.0, peername=None):
-        sock.setblocking(False)
+        if type(sock) is int:
+            self._fd = sock               # accept_fd()'s: already non-blocking
+        else:
+            sock.setblocking(False)
+            self._sock = sock
+            self._fd = sock.fileno()
         self.loop = loop
         self._loop_polls = hasattr(loop, "_busy")
-        self.sock = sock
         self.listener = listener
         self.is_client = is_client
         self.tls = ssl_context is not None
         self._ssl_context = ssl_context
         self._server_hostname = server_hostname
-        self._fd = sock.fileno()
         self.peername = peername          # accept() told the server; start() asks otherwise
         self._queue = collections.deque()
         self.close_timeout = close_timeout
@@ -210,6 +286,20 @@ cdef class Transport(Sink):
         self._high_water = high
         self._low_water = low
         self._cap = NO_CAP if cap is None else cap
+
+    def __dealloc__(self):
+        if self._sock is None and self._fd >= 0:      # a bare fd never closed (close() was
+            c_close(self._fd)                         # not reached): no leak
+
+    @property
+    def sock(self):
+        """The socket (an SSLSocket once TLS is set up; None once a bare fd is closed). A
+        transport given a bare fd makes the object on first use."""
+        if self._sock is None and self._fd >= 0:
+            sock = socket.socket(fileno=self._fd)
+            sock.setblocking(False)       # what the fd already is; the object must know it
+            self._sock = sock
+        return self._sock
 
     @property
     def write_buffer_size(self):
@@ -231,7 +321,7 @@ cdef class Transport(Sink):
             self._connection_made()
             return
         try:
-            self.sock = self._ssl_context.wrap_socket(
+            self._sock = self._ssl_context.wrap_socket(
                 self.sock, server_side=not self.is_client,
                 server_hostname=self._server_hostname, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:
@@ -280,7 +370,7 @@ cdef class Transport(Sink):
 
     cdef int _start_reading(self) except -1:
         if not self._reading and not self._reading_paused and not self.closed:
-            self.loop.add_reader(self.sock, self._on_readable)
+            self.loop.add_reader(self._fd, self._on_readable)
             self._reading = True
         return 0
 
@@ -288,7 +378,7 @@ cdef class Transport(Sink):
         if not self._reading_paused:
             self._reading_paused = True
             if self._reading and not self.closed:
-                self.loop.remove_reader(self.sock)
+                self.loop.remove_reader(self._fd)
                 self._reading = False
 
     def resume_reading(self):
@@ -679,11 +769,11 @@ cdef class Transport(Sink):
         if self._queue:
             if not self._writer_registered:
                 self._writer_registered = True
-                loop.add_writer(self.sock, self._on_writable)
+                loop.add_writer(self._fd, self._on_writable)
         else:
             if self._writer_registered:
                 self._writer_registered = False
-                loop.remove_writer(self.sock)
+                loop.remove_writer(self._fd)
             if self._ending and not self._corked:
                 self._shut_output()
         if self._writing_paused and self._size <= self._low_water and not self.closed:
@@ -758,9 +848,7 @@ cdef class Transport(Sink):
         if self.tls and not self._send_close_notify():
             self.close(None)
             return 0
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
+        if c_shutdown(self._fd, SHUT_WR) < 0:
             self.close(None)
             return 0
         self._start_reading()
@@ -792,15 +880,21 @@ cdef class Transport(Sink):
             self._close_timer.cancel()
             self._close_timer = None
         loop = self.loop
+        cdef int fd = self._fd
         if not loop_is_closed(loop):     # a property on the fastws Loop, asyncio's a method
-            loop.remove_reader(self.sock)
-            loop.remove_writer(self.sock)
+            if self._reading or self._handshaking:
+                loop.remove_reader(fd)
+            if self._writer_registered or self._handshaking:
+                loop.remove_writer(fd)
         self._reading = self._writer_registered = False
         self._fd = -1
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        else:
+            c_close(fd)
         self._queue.clear()
         self._size = 0
         protocol, self.protocol = self.protocol, None

@@ -15,6 +15,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ._transport import HAVE_ACCEPT4, accept_fd
+
 __all__ = ["Acceptor", "bind", "listen"]
 
 logger = logging.getLogger("fastws")
@@ -62,13 +64,17 @@ class Acceptor:
 
     `accepted(sock, peername)` gets each new socket (non-blocking, TCP_NODELAY set) and
     returns True to keep accepting, False to pause (the server's connection limit) until
-    `resume()`. `may_resume()` is asked before resuming after a pause.
+    `resume()`. `may_resume()` is asked before resuming after a pause. With `bare_fds`, `sock`
+    is the bare descriptor when the platform allows (an int, see fastws._transport.accept_fd),
+    for a fastws Transport, which makes a socket object only if asked for one.
     """
 
     def __init__(self, loop: Any, sock: socket.socket,
-                 accepted: Callable[[socket.socket, Any], bool],
-                 may_resume: Callable[[], bool] = lambda: True) -> None:
+                 accepted: Callable[[Any, Any], bool],
+                 may_resume: Callable[[], bool] = lambda: True, *,
+                 bare_fds: bool = False) -> None:
         self.loop = loop
+        self._bare_fds = bare_fds and HAVE_ACCEPT4
         self.sock: socket.socket | None = sock
         self._accepted = accepted
         self._may_resume = may_resume
@@ -88,11 +94,20 @@ class Acceptor:
         if listener is None:
             return
         family, type_, proto = self._kind
+        listener_fd = listener.fileno()
         for _ in range(ACCEPTS_PER_EVENT):
+            sock: socket.socket | int
             try:
-                # socket.accept() without its wrapper, which converts the family and type
-                # of every new socket to enums: measurable in a connection storm.
-                fd, peername = listener._accept()  # type: ignore[attr-defined]
+                if self._nodelay_inherited and self._bare_fds:
+                    # Nothing to set on the new socket: no socket object either.
+                    sock, peername = accept_fd(listener_fd)
+                else:
+                    # socket.accept() without its wrapper, which converts the family and
+                    # type of every new socket to enums: measurable in a connection storm.
+                    fd, peername = listener._accept()  # type: ignore[attr-defined]
+                    sock = socket.socket(family, type_, proto, fileno=fd)
+                    if not self._nodelay_inherited:
+                        self._set_nodelay(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -105,9 +120,6 @@ class Acceptor:
                 if exc.errno in _PEER_GONE:
                     continue
                 raise
-            sock = socket.socket(family, type_, proto, fileno=fd)
-            if not self._nodelay_inherited:
-                self._set_nodelay(sock)
             if not self._accepted(sock, peername):
                 # Leave new connections in the kernel's backlog until resume().
                 self.pause()

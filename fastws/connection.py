@@ -62,8 +62,8 @@ class Connection(ConnectionBase, Subscriber):
     (`subscribe`, `unsubscribe`, `publish`, `topics`, a server's) in fastws.topics.Subscriber.
     """
 
-    def __init__(self, loop: Any, sock: socket.socket | None, handler: Any, *, is_client: bool,
-                 limits: Limits, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, loop: Any, sock: socket.socket | int | None, handler: Any, *,
+                 is_client: bool, limits: Limits, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, server: Any = None,
                  transport_factory: Callable[[Connection], Any] | None = None,
                  peername: Any = None) -> None:
@@ -177,10 +177,12 @@ class Connection(ConnectionBase, Subscriber):
         return int(self._transport.bytes_received)
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> socket.socket | None:
         """The connection's socket, for options and addresses. Do not read, write or close
-        it: the transport does its I/O on the descriptor directly; use close() or abort()."""
-        sock: socket.socket = self._transport.sock
+        it: the transport does its I/O on the descriptor directly; use close() or abort().
+        None once the connection is closed if it was never asked for before (a server makes
+        the object only when asked: its transport works on the bare descriptor)."""
+        sock: socket.socket | None = self._transport.sock
         return sock
 
     @property

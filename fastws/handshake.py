@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from ._http_head import GUID, accept_key
 from .http import TOKEN, Headers, HeadersLike, Request, Response, is_request_target
 
 __all__ = [
@@ -32,19 +32,12 @@ __all__ = [
     "parse_ws_url",
 ]
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_VERSION = "13"
 
 # An extension offer or answer: its name and its parameters, a value being None when absent.
 Extension = tuple[str, list[tuple[str, str | None]]]
 
 _OWS = re.compile(r"[ \t]*")
-
-
-def accept_key(key: str) -> str:
-    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 4.2.2 step 5.4)."""
-    digest = hashlib.sha1((key + GUID).encode("latin-1")).digest()
-    return binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
 def new_key() -> str:

@@ -66,7 +66,7 @@ class Server(TopicServer):
         self.host: str = address[0]
         self.port: int = address[1]
         self._acceptor: Acceptor | None = Acceptor(loop, sock, self._accepted,
-                                                   self._below_limit)
+                                                   self._below_limit, bare_fds=True)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -77,7 +77,7 @@ class Server(TopicServer):
     def is_serving(self) -> bool:
         return self._acceptor is not None
 
-    def _accepted(self, sock: socket.socket, peername: Any) -> bool:
+    def _accepted(self, sock: socket.socket | int, peername: Any) -> bool:
         conn = Connection(self.loop, sock, self.handler, is_client=False, limits=self.limits,
                           ssl_context=self.ssl_context, server=self, peername=peername)
         self.all_connections.add(conn)

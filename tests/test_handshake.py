@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
+import random
 
 import pytest
 
@@ -52,6 +55,25 @@ def server_answer(**changes: str | None) -> Response:
 def test_rfc_example_accept_key() -> None:
     assert GUID == "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
     assert accept_key(KEY) == ACCEPT
+
+
+def test_accept_key_is_base64_sha1_of_key_and_guid() -> None:
+    """accept_key computes SHA-1 and base64 in C (fastws/accept.h): it must agree with
+    hashlib for every length, across the one- and two-block paddings of SHA-1, and for keys
+    the C path leaves to hashlib (non-ASCII, very long)."""
+    def reference(key: str) -> str:
+        digest = hashlib.sha1((key + GUID).encode("latin-1")).digest()
+        return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+    rng = random.Random(6455)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= -_."
+    for size in range(0, 300):
+        key = "".join(rng.choice(alphabet) for _ in range(size))
+        assert accept_key(key) == reference(key), size
+    for key in ("é" * 24, "x" * 5000):
+        assert accept_key(key) == reference(key)
+    with pytest.raises(UnicodeEncodeError):
+        accept_key("€" * 24)               # not latin-1: no header value can carry it
 
 
 def test_new_key_is_16_random_bytes() -> None:

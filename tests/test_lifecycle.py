@@ -353,6 +353,55 @@ def test_the_handler_base_class_has_every_callback():
     assert os.path.basename(fastws.handler.__file__) == "handler.py"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accepted_connections_know_their_peer_and_own_their_descriptor(host):
+    """A server's transport works on the accepted descriptor without a socket object (see
+    fastws._transport.accept_fd): the peer's address must be what socket.accept() reports,
+    the socket object made on request must be the connection's own (non-blocking, not
+    inherited by child processes), and closing must close the descriptor."""
+    try:
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        probe.bind((host, 0))
+        probe.close()
+    except OSError:
+        pytest.skip(f"no {host} on this machine")
+    recorder = Recorder()
+    loop = fastws.Loop()
+    server = fastws.serve(recorder, host, 0, loop=loop)
+    clients = []
+    try:
+        for _ in range(2):
+            client = socket.create_connection((host, server.port), timeout=TIMEOUT)
+            clients.append(client)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                           b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        run_until(loop, lambda: len(recorder.conns) == 2)
+        first, second = sorted(recorder.conns, key=lambda c: c.peername[1])
+        assert [first.peername, second.peername] == sorted(
+            (c.getsockname() for c in clients), key=lambda name: name[1])
+        sock = first.socket                   # made now, from the descriptor
+        assert sock is not None and sock is first.socket
+        assert sock.getpeername() == first.peername
+        assert sock.gettimeout() == 0.0 and not os.get_blocking(sock.fileno())
+        assert not sock.get_inheritable()
+        fds = len(os.listdir("/proc/self/fd"))
+        first.abort()
+        second.abort()                        # never asked for its socket: the bare fd
+        run_until(loop, lambda: len(recorder.closed) == 2)
+        assert len(os.listdir("/proc/self/fd")) == fds - 2
+        assert sock.fileno() == -1
+        assert second.socket is None
+        for client in clients:
+            client.settimeout(TIMEOUT)
+            assert client.recv(4096).startswith(b"HTTP/1.1 101 ")
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        loop.close()
+
+
 def test_accepted_sockets_have_nagle_off(start_server, raw_client):
     """Small replies must not wait for Nagle: every accepted socket has TCP_NODELAY, the
     first (where the acceptor learns whether the listener's setting is inherited) and those
