@@ -1,6 +1,7 @@
 GUID: str
 
 def accept_key(key: str) -> str: ...
+def is_plain_key(key: str) -> bool: ...
 def parse_plain_get(
     data: bytes | bytearray | memoryview,
     start: int,

@@ -119,6 +119,28 @@ def accept_key(str key):
     return binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
+cdef bint BASE64[256]
+for _c in bytearray(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"):
+    BASE64[_c] = True
+
+
+def is_plain_key(str key):
+    """True for a Sec-WebSocket-Key in the form every client sends: 16 bytes in base64, 22
+    characters of its alphabet and "==". False says only "not this form": the caller then
+    decodes the key to decide (fastws.handshake.check_request)."""
+    cdef Py_ssize_t size, i
+    cdef const unsigned char *data
+    if not PyUnicode_IS_ASCII(key):
+        return False
+    data = <const unsigned char *>PyUnicode_AsUTF8AndSize(key, &size)
+    if size != 24 or data[22] != b'=' or data[23] != b'=':
+        return False
+    for i in range(22):
+        if not BASE64[data[i]]:
+            return False
+    return True
+
+
 def parse_plain_get(data, Py_ssize_t start, Py_ssize_t max_request_line,
                     Py_ssize_t max_header_size, Py_ssize_t max_headers):
     """The plain GET head at `data[start:]`: (end, target, pairs, index), or None.

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from ._http_head import GUID, accept_key
+from ._http_head import GUID, accept_key, is_plain_key
 from .http import TOKEN, Headers, HeadersLike, Request, Response, is_request_target
 
 __all__ = [
@@ -121,12 +121,13 @@ def check_request(request: Request) -> str:
     if len(keys) != 1:
         raise HandshakeError(400, f"exactly one Sec-WebSocket-Key is required, not {len(keys)}")
     key = keys[0]
-    try:
-        nonce = base64.b64decode(key.encode("latin-1"), validate=True)
-    except (binascii.Error, ValueError):
-        nonce = b""
-    if len(nonce) != 16:
-        raise HandshakeError(400, f"Sec-WebSocket-Key {key!r} is not 16 bytes in base64")
+    if not is_plain_key(key):         # the usual form, checked in C; else decode to decide
+        try:
+            nonce = base64.b64decode(key.encode("latin-1"), validate=True)
+        except (binascii.Error, ValueError):
+            nonce = b""
+        if len(nonce) != 16:
+            raise HandshakeError(400, f"Sec-WebSocket-Key {key!r} is not 16 bytes in base64")
     request._websocket_key = key
     return key
 

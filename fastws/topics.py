@@ -348,8 +348,9 @@ class Topics:
 
     def forget(self, conn: Connection) -> None:
         """`conn` closed: leave every topic."""
-        if conn._topic_names:
-            for topic in list(conn._topic_names):
+        names = conn.__dict__.get("_topics")      # not _topic_names: it makes the set
+        if names:
+            for topic in list(names):
                 self.unsubscribe(conn, topic)
         number = conn._topic_number
         if number:

@@ -76,6 +76,28 @@ def test_accept_key_is_base64_sha1_of_key_and_guid() -> None:
         accept_key("€" * 24)               # not latin-1: no header value can carry it
 
 
+@pytest.mark.parametrize("key", [
+    KEY, "AAAAAAAAAAAAAAAAAAAAAA==", "////////////////////+/==", "AAAAAAAAAAAAAAAAAAAAAB==",
+    "AAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAAAAA=", "AAAAAAAAAAAAAAAAAAAAAAAA",
+    "AAAAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAA*A==", "AAAAAAAAAAAAAAAAAAAAAé==",
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", " AAAAAAAAAAAAAAAAAAAAAA==", "",
+])
+def test_the_c_key_check_agrees_with_decoding(key: str) -> None:
+    """check_request takes the usual key form in C and decodes anything else: both ways
+    must accept exactly the keys that are 16 bytes in base64."""
+    try:
+        valid = len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    request = upgrade_request(**{"Sec-WebSocket-Key": key})
+    if valid:
+        assert check_request(request) == key
+    else:
+        with pytest.raises(HandshakeError) as caught:
+            check_request(request)
+        assert caught.value.status == 400
+
+
 def test_new_key_is_16_random_bytes() -> None:
     key = new_key()
     assert len(base64.b64decode(key, validate=True)) == 16
