@@ -167,7 +167,8 @@ def test_wheel_contents(manylinux_wheel: Path) -> None:
                for path in (ROOT / "fastws").glob(pattern)]
     assert "fastws/_codec.pxd" in sources
     for name in [*sources, "fastws/py.typed", "fastws/include/fastws/mask.h",
-                 "fastws/include/fastws/utf8.h", "fastws/__init__.py", "fastws/_version.py"]:
+                 "fastws/include/fastws/utf8.h", "fastws/include/fastws/accept.h",
+                 "fastws/__init__.py", "fastws/_version.py"]:
         assert name in names, f"{name} missing from {manylinux_wheel.name}"
     assert not fnmatch.filter(names, "tests/*") and not fnmatch.filter(names, "examples/*")
     # Nothing grafted by auditwheel: the extensions need only libraries every manylinux
@@ -186,8 +187,8 @@ def test_sdist_contents(dist: tuple[Path, Path]) -> None:
     for module in extension_modules():
         assert module.replace(".", "/") + ".pyx" in sources, f"{module}: no .pyx in fastws/"
     for name in [*sources, "fastws/py.typed", "include/fastws/mask.h",
-                 "include/fastws/utf8.h", "setup.py", "pyproject.toml", "README.md",
-                 "CHANGELOG.md", "MANIFEST.in"]:
+                 "include/fastws/utf8.h", "include/fastws/accept.h", "setup.py",
+                 "pyproject.toml", "README.md", "CHANGELOG.md", "MANIFEST.in"]:
         assert name in relative, f"{name} missing from {sdist.name}"
     headers = {Path(name).name for name in fnmatch.filter(relative, "include/fastws/*.h")}
     repo_headers = {path.name for path in (ROOT / "include" / "fastws").glob("*.h")}
