@@ -9,18 +9,24 @@ None and the same bytes go to llhttp, which owns every error answer. What it acc
 llhttp parses it (tests/test_http.py feeds both the same requests): values lose their leading
 spaces and tabs and keep their trailing ones, names keep their case.
 
-`accept_key` is the other per-handshake step done in C: the Sec-WebSocket-Accept value.
+`encode_head` writes a head (a request or response line and its headers) in one C pass, and
+`accept_key` computes the Sec-WebSocket-Accept value: the other per-handshake steps done in C.
 """
 
 import binascii
 import hashlib
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeLatin1
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 cdef extern from "Python.h":
+    enum: PyUnicode_1BYTE_KIND
     bint PyUnicode_IS_ASCII(object)
+    int PyUnicode_KIND(object)
+    void *PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
 
 cdef extern from "fastws/accept.h":
@@ -117,6 +123,73 @@ def accept_key(str key):
             return PyUnicode_DecodeASCII(out, FASTWS_ACCEPT_SIZE, NULL)
     digest = hashlib.sha1((key + GUID).encode("latin-1")).digest()
     return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+
+cdef inline bint _is_token(str name) noexcept:
+    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(name), i
+    cdef const unsigned char *data
+    if size == 0 or PyUnicode_KIND(name) != PyUnicode_1BYTE_KIND:
+        return False
+    data = <const unsigned char *>PyUnicode_DATA(name)
+    for i in range(size):
+        if not TCHAR[data[i]]:
+            return False
+    return True
+
+
+cdef inline bint _has_unsafe_char(str value):
+    # CR and LF would let a value start a new header line (header injection); NUL breaks C
+    # peers.
+    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(value), i
+    cdef const unsigned char *data
+    cdef unsigned char c
+    if PyUnicode_KIND(value) != PyUnicode_1BYTE_KIND:
+        return "\r" in value or "\n" in value or "\x00" in value
+    data = <const unsigned char *>PyUnicode_DATA(value)
+    for i in range(size):
+        c = data[i]
+        if c == 13 or c == 10 or c == 0:
+            return True
+    return False
+
+
+cdef inline char *_put(char *at, str text) noexcept:
+    # `text` is latin-1 (1-byte kind): its characters are its bytes
+    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(text)
+    memcpy(at, PyUnicode_DATA(text), size)
+    return at + size
+
+
+def encode_head(str first_line, list pairs):
+    """`first_line` (with its CRLF), a "name: value" line per (name, value) of `pairs` and
+    the empty line, in latin-1. ValueError for a name that is not a token, CR, LF or NUL in a
+    value (header injection), or text that is not latin-1 (checked last, as a whole)."""
+    cdef Py_ssize_t size = PyUnicode_GET_LENGTH(first_line) + 2
+    cdef bint latin1 = PyUnicode_KIND(first_line) == PyUnicode_1BYTE_KIND
+    cdef str name, value
+    cdef list texts = []              # ours: what the size was counted on is what is copied
+    for name, value in pairs:
+        if not _is_token(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _has_unsafe_char(value):
+            raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value!r}")
+        latin1 = latin1 and PyUnicode_KIND(value) == PyUnicode_1BYTE_KIND
+        size += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4
+        texts.append(name)
+        texts.append(value)
+    if not latin1:
+        raise ValueError("HTTP heads must be latin-1; encode other text in the value")
+    head = PyBytes_FromStringAndSize(NULL, size)
+    cdef char *at = _put(PyBytes_AS_STRING(head), first_line)
+    cdef Py_ssize_t i
+    for i in range(0, len(texts), 2):
+        at = _put(at, <str>texts[i])
+        memcpy(at, b": ", 2)
+        at = _put(at + 2, <str>texts[i + 1])
+        memcpy(at, b"\r\n", 2)
+        at += 2
+    memcpy(at, b"\r\n", 2)
+    return head
 
 
 cdef bint BASE64[256]

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Union
 
+from ._http_head import encode_head
+
 __all__ = [
     "TOKEN",
     "Headers",
@@ -168,33 +170,10 @@ class Headers:
         return f"Headers({self._pairs!r})"
 
 
-# Header names already found to be tokens: most heads repeat a few names, and a set lookup
-# costs a tenth of the match. Bounded, since names can come from peers (a proxy's answer).
-_TOKEN_NAMES: set[str] = set()
-
-
 def _has_unsafe_char(value: str) -> bool:
     # CR and LF would let a value start a new header line (header injection); NUL breaks C
     # peers. Three substring searches: several times faster than a regex on a short value.
     return "\r" in value or "\n" in value or "\x00" in value
-
-
-def _encode_head(first_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
-    lines = [first_line]
-    for name, value in headers:
-        if name not in _TOKEN_NAMES:
-            if TOKEN.fullmatch(name) is None:
-                raise ValueError(f"invalid header name {name!r}")
-            if len(_TOKEN_NAMES) < 1024:
-                _TOKEN_NAMES.add(name)
-        if _has_unsafe_char(value):
-            raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value!r}")
-        lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
-    try:
-        return "".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("HTTP heads must be latin-1; encode other text in the value") from None
 
 
 def is_request_target(text: str) -> bool:
@@ -281,7 +260,7 @@ class Request:
             and "transfer-encoding" not in self.headers
         ):
             pairs.append(("Content-Length", str(len(self.body))))
-        head = _encode_head(f"{self.method} {self.target} HTTP/{self.version}\r\n", pairs)
+        head = encode_head(f"{self.method} {self.target} HTTP/{self.version}\r\n", pairs)
         return head + self.body if self.body else head
 
     def __eq__(self, other: object) -> bool:
@@ -360,7 +339,7 @@ class Response:
             pairs.append(("Content-Length", str(len(self.body))))
         if not keep_alive and "connection" not in self.headers:
             pairs.append(("Connection", "close"))
-        head = _encode_head(f"HTTP/{self.version} {self.status} {self.reason}\r\n", pairs)
+        head = encode_head(f"HTTP/{self.version} {self.status} {self.reason}\r\n", pairs)
         return head + self.body if self.body else head
 
     def __eq__(self, other: object) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastws import Limits
+from fastws._http_head import encode_head
 from fastws.http import (
     TOKEN,
     Headers,
@@ -139,6 +142,8 @@ def test_response_encode() -> None:
         {"X\r\nY": "1"},
         {"X Y": "1"},
         {"": "1"},
+        {"X": "\u20ac\r\nSet-Cookie: evil"},      # not latin-1 and an injection
+        {"Caf\u00e9": "1"},                       # latin-1, but not a token
     ],
 )
 def test_header_injection_rejected(headers: dict[str, str]) -> None:
@@ -146,6 +151,47 @@ def test_header_injection_rejected(headers: dict[str, str]) -> None:
         Response(200, headers).encode()
     with pytest.raises(ValueError):
         Request(headers=headers).encode()
+
+
+def test_heads_are_latin_1() -> None:
+    assert Response(200, {"X": "caf\u00e9"}).encode() == (
+        b"HTTP/1.1 200 OK\r\nX: caf\xe9\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(ValueError, match="latin-1"):
+        Response(200, {"X": "\u20ac"}).encode()
+    with pytest.raises(ValueError, match="latin-1"):
+        Response(200, reason="\u20ac").encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30), st.lists(st.tuples(
+    st.one_of(st.sampled_from(["Host", "X-A", "a!#$%&'*+-.^_`|~9", "", "B C", "\u00e9", "\u20ac"]),
+              st.text(max_size=6)),
+    st.text(max_size=12)), max_size=5))
+def test_encode_head_matches_the_rules(line: str, pairs: list[tuple[str, str]]) -> None:
+    """fastws._http_head.encode_head (C) against the rules written plainly: names are
+    tokens, values have no CR, LF or NUL, everything is latin-1, errors in that order."""
+    def reference() -> bytes:
+        for name, value in pairs:
+            if re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) is None:
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value!r}")
+        text = line + "".join(f"{name}: {value}\r\n" for name, value in pairs) + "\r\n"
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError("HTTP heads must be latin-1; encode other text in the value") \
+                from None
+
+    try:
+        expected: bytes | str = reference()
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: bytes | str = encode_head(line, pairs)
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 def test_response_encode_rejects_bad_reason_and_bodyless_body() -> None:
