@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import Transport
+from conftest import Transport, wait_for
 
 import fastws
 from fastws import Connection, Frame, Loop, Request
@@ -338,9 +338,13 @@ def test_client_stops_reading_stdin_while_the_server_does_not_read(
     feed = Feed(kind, tmp_path)
     client = feed.start([sys.executable, "-m", "fastws", "client", server.url, *options])
     try:
+        # The server has the connection (upgraded, not reading) before a plateau means
+        # anything: a client still starting takes nothing either, and the pipe holds a few
+        # lines before it reads one; resuming before the upgrade would resume nothing.
+        wait_for(lambda: server.call(lambda: handler.conn is not None), TIMEOUT)
         taken, still = -1, 0
         deadline = time.monotonic() + TIMEOUT
-        while still < 10 and time.monotonic() < deadline:      # unchanged for 0.5 s
+        while (still < 10 or taken <= 0) and time.monotonic() < deadline:  # 0.5 s still
             time.sleep(0.05)
             now = feed.taken()
             taken, still = now, (still + 1 if now == taken else 0)
