@@ -137,9 +137,9 @@ cdef inline bint _is_token(str name) noexcept:
     return True
 
 
-cdef inline bint _has_unsafe_char(str value):
-    # CR and LF would let a value start a new header line (header injection); NUL breaks C
-    # peers.
+cpdef bint has_unsafe_char(str value):
+    """True when `value` has CR or LF (which would start a new header line: header
+    injection) or NUL (which breaks C peers)."""
     cdef Py_ssize_t size = PyUnicode_GET_LENGTH(value), i
     cdef const unsigned char *data
     cdef unsigned char c
@@ -171,7 +171,7 @@ def encode_head(str first_line, list pairs):
     for name, value in pairs:
         if not _is_token(name):
             raise ValueError(f"invalid header name {name!r}")
-        if _has_unsafe_char(value):
+        if has_unsafe_char(value):
             raise ValueError(f"header {name!r} has CR, LF or NUL in its value {value!r}")
         latin1 = latin1 and PyUnicode_KIND(value) == PyUnicode_1BYTE_KIND
         size += PyUnicode_GET_LENGTH(name) + PyUnicode_GET_LENGTH(value) + 4
