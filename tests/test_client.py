@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import socket
 import ssl
 import threading
@@ -363,5 +364,31 @@ def test_large_masked_frames_survive_partial_sends(start_server, loop, transport
     run_until(loop, lambda: len(client.frames) == len(messages), timeout=30)
     assert [bytes(f.data) == m for f, m in zip(client.frames, messages, strict=True)] == \
         [True] * len(messages)
+    conn.close()
+    run_until(loop, lambda: client.closed)
+
+
+def test_bursts_of_small_frames_survive_partial_sends(start_server, loop, transport):
+    """Small frames queued together leave joined in one buffer, large ones beside them as
+    they are: a burst far beyond one send (sizes around the joining limit, more frames than
+    one sendmsg() takes, large frames between them), with the server not reading for a
+    while, must arrive whole and in order both ways."""
+    server = start_server(SlowReader(echo=True), max_message_size=1 << 20, compression=False)
+    client = Recorder()
+    rng = random.Random(6455)
+    small = [0, 1, 125, 126, 2040, 2043, 2044, 2048, 2049, 4096]
+    large = [65_535, 65_536, 70_000]
+    messages = [rng.randbytes(rng.choice(large if rng.random() < 0.01 else small))
+                for _ in range(2_000)]              # about 4 MB, under the write cap
+    conn = fastws.connect(server.url, client, ssl=transport.client_ssl, loop=loop,
+                          compression=False, max_message_size=1 << 20)
+    run_until(loop, lambda: client.upgraded)
+    for message in messages:
+        conn.send_binary(message)
+    assert conn.write_buffer_size > 0          # the kernel did not take it all at once
+    run_until(loop, lambda: len(client.frames) == len(messages), timeout=30)
+    received = [bytes(f.data) for f in client.frames]
+    assert [len(m) for m in received] == [len(m) for m in messages]
+    assert received == messages
     conn.close()
     run_until(loop, lambda: client.closed)
