@@ -9,7 +9,7 @@ into the thread's read buffer, and the bytes go straight to the Protocol, which 
 them in place. The Protocol writes back through the Sink interface this class implements.
 
 Writes made while a read is being handled are batched: they leave together, with one
-`send()`/`sendmsg()`, when the read is done (on a fastws Loop, a server whose only ready
+`send()`/`sendmsg()` (small frames copied into one piece first), when the read is done (on a fastws Loop, a server whose only ready
 peer is this one sends its first reply at once, so that the peer can go on while we work).
 Outside a read, every write is sent at once, unless a broadcast holds the transport
 (Sink.hold, from fastws._fanout): then writes wait for its release at the end of the loop
