@@ -425,3 +425,15 @@ def test_supported_versions_are_declared_consistently() -> None:
             break
     else:
         raise AssertionError("README.md has no 'Platforms tested' row")
+
+
+def test_the_in_process_benchmark_runs() -> None:
+    """`pytest bench/` is not part of this suite (its peers are in the `bench` extra), so a
+    benchmark that only needs fastws is run once here, untimed, to keep it from rotting:
+    bench/test_connection.py echoes 1,000 frames through a real handshake and checks them."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_connection.py", "--benchmark-disable",
+         "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout, result.stdout[-3000:]
