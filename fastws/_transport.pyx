@@ -238,6 +238,7 @@ cdef class Transport(Sink):
     cdef bint _discarding             # end(): input is read only to see the peer's EOF
     # writing
     cdef object _queue                # deque of bytes / memoryview / _Masked
+    cdef object _append               # its bound append (Cython would look it up per call)
     cdef Py_ssize_t _size
     cdef Py_ssize_t _largest          # the largest write since the queue was last empty
     cdef bint _spares_queued          # a large received payload may be queued (an echo)
@@ -278,6 +279,7 @@ cdef class Transport(Sink):
         self._server_hostname = server_hostname
         self.peername = peername          # accept() told the server; start() asks otherwise
         self._queue = collections.deque()
+        self._append = self._queue.append
         self.close_timeout = close_timeout
         self.set_write_limits(256 * 1024, 64 * 1024, None)
 
@@ -507,7 +509,7 @@ cdef class Transport(Sink):
         cdef Py_ssize_t size = len(data)
         if not size:
             return 0
-        self._queue.append(data)
+        self._append(data)
         return self._queued(size)
 
     cdef int write_frame(self, bytes header, object payload, bint masked,
