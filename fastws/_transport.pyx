@@ -9,8 +9,9 @@ into the thread's read buffer, and the bytes go straight to the Protocol, which 
 them in place. The Protocol writes back through the Sink interface this class implements.
 
 Writes made while a read is being handled are batched: they leave together, with one
-`send()`/`sendmsg()` (small frames copied into one piece first), when the read is done (on a fastws Loop, a server whose only ready
-peer is this one sends its first reply at once, so that the peer can go on while we work).
+`send()`/`sendmsg()` (small frames copied side by side into one piece first), when the
+read is done (on a fastws Loop, a server whose only ready peer is this one sends its first
+reply at once, so that the peer can go on while we work).
 Outside a read, every write is sent at once, unless a broadcast holds the transport
 (Sink.hold, from fastws._fanout): then writes wait for its release at the end of the loop
 iteration. What the kernel does not take waits in the queue for the socket to become
@@ -642,8 +643,8 @@ cdef class Transport(Sink):
 
         Small pieces (a burst of small frames) are copied side by side into the thread's
         join buffer and leave as one piece: the kernel's cost per piece of a sendmsg() is
-        more than copying a few hundred bytes (100 connections x 16 x 32 B: 0.84x the CPU
-        per message; docs/performance.md)."""
+        more than copying a few hundred bytes (100 connections x 16 x 32 B: 0.84-0.98x the
+        server's CPU per message; docs/performance.md)."""
         cdef iovec iov[IOV_BATCH]
         cdef Py_buffer *view
         cdef Py_ssize_t count = 0, total = 0, size, joined_size = 0
