@@ -229,6 +229,9 @@ cdef class Transport(Sink):
     cdef object listener
     cdef public Protocol protocol     # set at the upgrade: reads are parsed in C
     cdef int _fd                      # -1 once closed
+    # A bare fd that no socket object owns yet: this transport alone closes it. A flag, not
+    # `_sock is None`: the garbage collector sets _sock to None before __dealloc__ runs.
+    cdef bint _owns_fd
     cdef object _ssl_context
     cdef object _server_hostname
     cdef bint _handshaking            # TLS handshake in progress: it owns the fd
@@ -267,6 +270,7 @@ cdef class Transport(Sink):
                  server_hostname=None, close_timeout=5.0, peername=None):
         if type(sock) is int:
             self._fd = sock               # accept_fd()'s: already non-blocking
+            self._owns_fd = True
         else:
             sock.setblocking(False)
             self._sock = sock
@@ -294,8 +298,9 @@ cdef class Transport(Sink):
         self._cap = NO_CAP if cap is None else cap
 
     def __dealloc__(self):
-        if self._sock is None and self._fd >= 0:      # a bare fd never closed (close() was
-            c_close(self._fd)                         # not reached): no leak
+        if self._owns_fd and self._fd >= 0:   # a bare fd never closed (close() was not
+            c_close(self._fd)                 # reached): no leak. A socket object, once
+                                              # made, closes the fd itself.
 
     @property
     def sock(self):
@@ -303,6 +308,7 @@ cdef class Transport(Sink):
         transport given a bare fd makes the object on first use."""
         if self._sock is None and self._fd >= 0:
             sock = socket.socket(fileno=self._fd)
+            self._owns_fd = False         # the object closes it from now on
             sock.setblocking(False)       # what the fd already is; the object must know it
             self._sock = sock
         return self._sock
@@ -920,13 +926,14 @@ cdef class Transport(Sink):
                 loop.remove_writer(fd)
         self._reading = self._writer_registered = False
         self._fd = -1
-        if self._sock is not None:
+        if self._owns_fd:
+            self._owns_fd = False
+            c_close(fd)
+        elif self._sock is not None:
             try:
                 self._sock.close()
             except OSError:
                 pass
-        else:
-            c_close(fd)
         self._queue.clear()
         self._size = 0
         protocol, self.protocol = self.protocol, None

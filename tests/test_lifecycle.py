@@ -404,6 +404,37 @@ def test_accepted_connections_know_their_peer_and_own_their_descriptor(host):
         loop.close()
 
 
+def test_a_collected_transport_never_closes_a_descriptor_its_socket_object_owns():
+    """Once a socket object was made for an accepted descriptor, that object alone may close
+    it. A transport dropped unclosed in a reference cycle is cleared by the garbage
+    collector (its fields set to None) before it is freed: it must not close the
+    descriptor then, or the socket object, still alive elsewhere, would close the same
+    number again later, by then another connection's (a TLS connection keeps such an
+    object; CI saw a client's socket closed under it, and a server hang)."""
+    from fastws._protocol import Protocol
+    from fastws._transport import Transport, accept_fd
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+    loop = fastws.Loop()
+    try:
+        fd, _peer = accept_fd(listener.fileno())
+        transport = Transport(loop, fd, None, is_client=False)
+        sock = transport.sock                 # the object owns the descriptor from now on
+        protocol = Protocol(False)            # made after the transport: the collector
+        transport.protocol = protocol         # clears the transport first
+        protocol.sink = transport             # a cycle, never closed
+        del transport, protocol
+        gc.collect()
+        os.fstat(sock.fileno())               # still open: EBADF here was the bug
+        sock.close()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        client.close()
+        listener.close()
+        loop.close()
+
+
 def test_accepted_sockets_have_nagle_off(start_server, raw_client):
     """Small replies must not wait for Nagle: every accepted socket has TCP_NODELAY, the
     first (where the acceptor learns whether the listener's setting is inherited) and those
