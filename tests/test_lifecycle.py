@@ -404,22 +404,27 @@ def test_accepted_connections_know_their_peer_and_own_their_descriptor(host):
         loop.close()
 
 
-def test_a_collected_transport_never_closes_a_descriptor_its_socket_object_owns():
-    """Once a socket object was made for an accepted descriptor, that object alone may close
-    it. A transport dropped unclosed in a reference cycle is cleared by the garbage
-    collector (its fields set to None) before it is freed: it must not close the
-    descriptor then, or the socket object, still alive elsewhere, would close the same
-    number again later, by then another connection's (a TLS connection keeps such an
-    object; CI saw a client's socket closed under it, and a server hang)."""
+@pytest.mark.parametrize("given", ["bare fd", "socket object"])
+def test_a_collected_transport_never_closes_a_descriptor_its_socket_object_owns(given):
+    """A socket object, given to the transport or made for an accepted descriptor, alone
+    may close its descriptor. A transport dropped unclosed in a reference cycle is cleared
+    by the garbage collector (its fields set to None) before it is freed: it must not close
+    the descriptor then, or the number is closed twice, the second time perhaps another
+    connection's by then (CI saw a client's socket closed under it, and a TLS hang)."""
     from fastws._protocol import Protocol
     from fastws._transport import Transport, accept_fd
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
     loop = fastws.Loop()
     try:
-        fd, _peer = accept_fd(listener.fileno())
-        transport = Transport(loop, fd, None, is_client=False)
-        sock = transport.sock                 # the object owns the descriptor from now on
+        if given == "bare fd":
+            fd, _peer = accept_fd(listener.fileno())
+            transport = Transport(loop, fd, None, is_client=False)
+            sock = transport.sock             # the object owns the descriptor from now on
+        else:                                 # as a client's transport is made
+            sock, _peer = listener.accept()
+            fd = sock.fileno()
+            transport = Transport(loop, sock, None, is_client=True)
         protocol = Protocol(False)            # made after the transport: the collector
         transport.protocol = protocol         # clears the transport first
         protocol.sink = transport             # a cycle, never closed
