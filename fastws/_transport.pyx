@@ -656,6 +656,7 @@ cdef class Transport(Sink):
         cdef Py_ssize_t count = 0, total = 0, size, joined_size = 0
         cdef char *base
         cdef char *joined = NULL
+        cdef bint small
         cdef bint joining = False         # iov[count - 1] is the join buffer's latest run
         for item in self._queue:
             if type(item) is _Masked:
@@ -673,27 +674,23 @@ cdef class Transport(Sink):
                 view = PyMemoryView_GET_BUFFER(item)
                 base = <char *>view.buf
                 size = view.len
-            if size <= JOIN_PIECE and joined_size + size > JOIN_SIZE:
+            small = size <= JOIN_PIECE
+            if small and joined_size + size > JOIN_SIZE:
                 break                     # the join buffer is full: the rest goes next time
-            if size <= JOIN_PIECE and joining:
-                memcpy(joined + joined_size, base, <size_t>size)
-                joined_size += size
-                iov[count - 1].iov_len += <size_t>size
-                total += size
-                continue
-            if count == IOV_BATCH:
-                break
-            joining = size <= JOIN_PIECE
-            if joining:
-                if joined == NULL:
+            if not (small and joining):   # a new piece: a large one, or a new run of small
+                if count == IOV_BATCH:
+                    break
+                if small and joined == NULL:
                     joined = PyByteArray_AS_STRING(_thread_buffer("join", JOIN_SIZE))
+                iov[count].iov_base = joined + joined_size if small else base
+                iov[count].iov_len = 0
+                count += 1
+            if small:
                 memcpy(joined + joined_size, base, <size_t>size)
-                base = joined + joined_size
                 joined_size += size
-            iov[count].iov_base = base
-            iov[count].iov_len = <size_t>size
+            iov[count - 1].iov_len += <size_t>size
             total += size
-            count += 1
+            joining = small
         cdef msghdr msg
         cdef ssize_t sent
         self._attempted = total
